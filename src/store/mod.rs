@@ -1,0 +1,451 @@
+//! The store trait, its outcomes and errors, and the erased [`BoxStore`].
+//!
+//! A store keeps one entry per [`StoreKey`]: either an *in-progress claim*, held by one owner
+//! ([`OwnerToken`]) under a lease, or a *completed* [`Record`] kept for the store's retention
+//! time. The layer drives it through five operations, each of which must be atomic on its own:
+//!
+//! | operation | what it does |
+//! | --- | --- |
+//! | [`begin`](Store::begin) | claim a free key for an owner, or report who has it ([`Begin`]) |
+//! | [`complete`](Store::complete) | turn the owner's claim into a completed record |
+//! | [`release`](Store::release) | drop the owner's claim so that a retry runs again |
+//! | [`renew`](Store::renew) | extend the owner's lease while the handler still runs |
+//! | [`get`](Store::get) | read the entry as it is ([`Entry`]) |
+//!
+//! `complete`, `release` and `renew` are *owner checked*: when the key is not claimed, or is
+//! claimed by another owner, they fail with [`StoreErrorKind::NotOwner`] and change nothing.
+//! A `begin` for a key that the same owner already claims answers [`Begin::New`] again, so a
+//! command that a driver re-sends after a lost reply is harmless.
+//!
+//! Stores expire entries by themselves: a claim at the end of its lease, a record at the end of
+//! the retention time. There is no delete operation.
+//!
+//! # Writing a store
+//!
+//! Implement [`Store`] with `async fn`s and run the
+//! [conformance suite](crate::conformance) (feature `test-util`) against it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use crate::fingerprint::Fingerprint;
+pub use crate::key::{OwnerToken, StoreKey};
+pub use crate::record::{DecodeError, Record};
+
+mod noop;
+
+pub use noop::NoOpStore;
+
+/// What [`Store::begin`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Begin {
+    /// The key was free (or already claimed by this very owner): the caller owns it now, under
+    /// the lease it asked for, and runs the request.
+    New,
+    /// Another owner holds the key. The fingerprint is the one that owner claimed it with.
+    InProgress {
+        /// The fingerprint of the request that holds the claim.
+        fingerprint: Option<Fingerprint>,
+    },
+    /// The key has a completed record.
+    Completed(Record),
+}
+
+/// An entry as [`Store::get`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Entry {
+    /// An unexpired claim.
+    InProgress {
+        /// The fingerprint the key was claimed with.
+        fingerprint: Option<Fingerprint>,
+        /// The owner that holds the claim.
+        token: OwnerToken,
+    },
+    /// A completed record.
+    Completed(Record),
+}
+
+/// A pluggable backend for the idempotency layer.
+///
+/// Every method is one atomic operation; see the [module docs](self) for the contract. All
+/// methods may be called concurrently from many tasks (and, for shared backends, from many
+/// processes). The layer bounds each call with its own timeout, so implementations need not.
+pub trait Store: Send + Sync + 'static {
+    /// Claims `key` for `token` under `lease`, or reports the entry that is already there.
+    ///
+    /// The claim records `fingerprint`, which is handed back to later callers in
+    /// [`Begin::InProgress`] so that the layer can tell a retry from a different request.
+    fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: Option<&Fingerprint>,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Begin, StoreError>> + Send;
+
+    /// Replaces `token`'s claim on `key` with `record`, kept for the store's retention time.
+    ///
+    /// Fails with [`StoreErrorKind::NotOwner`] when `token` does not hold the key, and then
+    /// writes nothing. Completing a key twice with the same record and token is not an error.
+    fn complete(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+        record: &Record,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Reads the entry for `key`; a missing or expired entry is `Ok(None)`.
+    fn get(&self, key: &StoreKey) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
+
+    /// Drops `token`'s claim on `key`, so that the next `begin` gets [`Begin::New`].
+    ///
+    /// Fails with [`StoreErrorKind::NotOwner`] when `token` does not hold the key.
+    fn release(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sets the lease of `token`'s claim on `key` to `lease` from now.
+    ///
+    /// Fails with [`StoreErrorKind::NotOwner`] when `token` does not hold the key.
+    fn renew(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Waits, at most `timeout`, until the claim on `key` may have ended (completed, released or
+    /// expired). Returning early is allowed: the caller looks again with [`begin`](Store::begin).
+    ///
+    /// The default sleeps for a short poll interval. Stores that can be notified override it.
+    fn wait(
+        &self,
+        key: &StoreKey,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = key;
+        async move {
+            tokio::time::sleep(timeout.min(DEFAULT_POLL_INTERVAL)).await;
+            Ok(())
+        }
+    }
+}
+
+/// How long the default [`Store::wait`] sleeps between looks.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+impl<T: Store + ?Sized> Store for Arc<T> {
+    fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: Option<&Fingerprint>,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Begin, StoreError>> + Send {
+        (**self).begin(key, fingerprint, token, lease)
+    }
+
+    fn complete(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+        record: &Record,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).complete(key, token, record)
+    }
+
+    fn get(&self, key: &StoreKey) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send {
+        (**self).get(key)
+    }
+
+    fn release(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).release(key, token)
+    }
+
+    fn renew(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).renew(key, token, lease)
+    }
+
+    fn wait(
+        &self,
+        key: &StoreKey,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).wait(key, timeout)
+    }
+}
+
+/// The kinds of [`StoreError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The operation did not finish in time. Its effect is unknown: it may still have landed.
+    Timeout,
+    /// The backend could not be reached, or the connection broke. The effect is unknown.
+    Unavailable,
+    /// The owner token does not hold the key (never claimed, expired, or claimed by another).
+    NotOwner,
+    /// The store is full of claims that it may not evict.
+    Full,
+    /// A stored value could not be decoded.
+    Corrupt,
+    /// Anything else the backend reported.
+    Other,
+}
+
+impl StoreErrorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "store operation timed out",
+            Self::Unavailable => "store unavailable",
+            Self::NotOwner => "key is not held by this owner",
+            Self::Full => "store is full",
+            Self::Corrupt => "stored record is corrupt",
+            Self::Other => "store error",
+        }
+    }
+
+    /// Whether an operation that failed this way may still have taken effect.
+    pub fn is_ambiguous(self) -> bool {
+        matches!(self, Self::Timeout | Self::Unavailable | Self::Other)
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error every [`Store`] operation returns.
+///
+/// Opaque on purpose: match on [`kind`](Self::kind), follow [`source`](std::error::Error::source)
+/// for the backend's own error.
+pub struct StoreError {
+    kind: StoreErrorKind,
+    source: Option<BoxError>,
+}
+
+impl StoreError {
+    /// An error of `kind` with no underlying cause.
+    pub fn new(kind: StoreErrorKind) -> Self {
+        Self { kind, source: None }
+    }
+
+    /// An error of `kind` caused by `source`.
+    pub fn with_source(kind: StoreErrorKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: Some(source.into()),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> StoreErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreError")
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.as_str())
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<DecodeError> for StoreError {
+    fn from(e: DecodeError) -> Self {
+        Self::with_source(StoreErrorKind::Corrupt, e)
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The object-safe mirror of [`Store`] behind [`BoxStore`].
+trait DynStore: Send + Sync + 'static {
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: Option<&'a Fingerprint>,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Begin, StoreError>>;
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: OwnerToken,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn get<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<Entry>, StoreError>>;
+    fn release<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: OwnerToken,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn wait<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+impl<T: Store> DynStore for T {
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: Option<&'a Fingerprint>,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Begin, StoreError>> {
+        Box::pin(Store::begin(self, key, fingerprint, token, lease))
+    }
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: OwnerToken,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::complete(self, key, token, record))
+    }
+    fn get<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<Entry>, StoreError>> {
+        Box::pin(Store::get(self, key))
+    }
+    fn release<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: OwnerToken,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::release(self, key, token))
+    }
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::renew(self, key, token, lease))
+    }
+    fn wait<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::wait(self, key, timeout))
+    }
+}
+
+/// A type-erased, cheaply clonable [`Store`], for choosing a backend at run time.
+///
+/// ```
+/// use tower_idempotency::store::{BoxStore, MemoryStore, NoOpStore};
+///
+/// let store = if std::env::var_os("IDEMPOTENCY_OFF").is_some() {
+///     BoxStore::new(NoOpStore::new())
+/// } else {
+///     BoxStore::new(MemoryStore::new())
+/// };
+/// let layer = tower_idempotency::IdempotencyLayer::new(store);
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct BoxStore {
+    inner: Arc<dyn DynStore>,
+}
+
+impl BoxStore {
+    /// Erases `store`.
+    pub fn new<S: Store>(store: S) -> Self {
+        Self {
+            inner: Arc::new(store),
+        }
+    }
+}
+
+impl fmt::Debug for BoxStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoxStore").finish_non_exhaustive()
+    }
+}
+
+impl Store for BoxStore {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: Option<&Fingerprint>,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        self.inner.begin(key, fingerprint, token, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+        record: &Record,
+    ) -> Result<(), StoreError> {
+        self.inner.complete(key, token, record).await
+    }
+
+    async fn get(&self, key: &StoreKey) -> Result<Option<Entry>, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn release(&self, key: &StoreKey, token: OwnerToken) -> Result<(), StoreError> {
+        self.inner.release(key, token).await
+    }
+
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.renew(key, token, lease).await
+    }
+
+    async fn wait(&self, key: &StoreKey, timeout: Duration) -> Result<(), StoreError> {
+        self.inner.wait(key, timeout).await
+    }
+}
+
+// `BoxStore` must stay object safe behind its `Arc<dyn DynStore>`; this fails to compile if not.
+const _: fn() = || {
+    fn assert_store<S: Store + Clone>() {}
+    assert_store::<BoxStore>();
+    let _: Option<Arc<dyn DynStore>> = None;
+};
