@@ -2,7 +2,7 @@
 //!
 //! [`IdempotencyLayer`] wraps any [`tower::Service`] over [`http::Request`]s. For every covered
 //! request (`POST` and `PATCH` by default) that carries an `Idempotency-Key` header, it claims the
-//! key in a [store](store), runs the inner service **once**, records the response, and answers
+//! key in a [`store`], runs the inner service **once**, records the response, and answers
 //! every retry with the recorded response instead of running again. It fits `.layer()` in axum,
 //! tonic and hyper stacks.
 //!
