@@ -96,7 +96,13 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces `token`'s claim on `key` with `record`, kept for the store's retention time.
     ///
     /// Fails with [`StoreErrorKind::NotOwner`] when `token` does not hold the key, and then
-    /// writes nothing. Completing a key twice with the same record and token is not an error.
+    /// writes nothing. A `complete` re-sent by the token that already completed the key (a
+    /// driver's retry after a lost reply) succeeds and keeps the first record: stores remember
+    /// the completing token with the record.
+    ///
+    /// A store should not fail `complete` for lack of room: a failed `complete` leaves the claim
+    /// to expire, after which a retry runs the request again. A record that cannot be kept
+    /// whole is better kept as [`Record::not_stored`] with the same fingerprint.
     fn complete(
         &self,
         key: &StoreKey,
@@ -110,7 +116,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops `token`'s claim on `key`, so that the next `begin` gets [`Begin::New`].
     ///
-    /// Fails with [`StoreErrorKind::NotOwner`] when `token` does not hold the key.
+    /// Fails with [`StoreErrorKind::NotOwner`] when `token` does not hold the key, which is also
+    /// what a re-sent `release` gets; the layer treats that as done.
     fn release(
         &self,
         key: &StoreKey,
