@@ -12,7 +12,9 @@ use tower_idempotency::store::MemoryStore;
 
 /// The bare and the layered router, the layered one with the key completed.
 fn loads(rt: &tokio::runtime::Runtime) -> (Load, Load, common::Executions) {
-    let key = Key::Fixed(HeaderValue::from_static("8e03978e-40d5-43e8-bc93-6894a57f9324"));
+    let key = Key::Fixed(HeaderValue::from_static(
+        "8e03978e-40d5-43e8-bc93-6894a57f9324",
+    ));
     let (bare, _) = common::baseline(1);
     let (layered, executions) = common::layered(MemoryStore::new(), 1);
     let bare = Load::post(bare, key.clone());

@@ -139,6 +139,24 @@ pub struct StoreKey {
 impl StoreKey {
     /// Scopes `key` under `scope`.
     pub fn new(scope: Option<&str>, key: &str) -> Self {
+        Self {
+            scope: scope.map(Into::into),
+            key: key.into(),
+            digest: Self::hash(scope, key),
+        }
+    }
+
+    /// [`new`](Self::new) for a key the caller already owns, without copying it.
+    pub(crate) fn from_owned(scope: Option<&str>, key: String) -> Self {
+        let digest = Self::hash(scope, &key);
+        Self {
+            scope: scope.map(Into::into),
+            key: key.into_boxed_str(),
+            digest,
+        }
+    }
+
+    fn hash(scope: Option<&str>, key: &str) -> [u8; 32] {
         let mut h = Sha256::new();
         match scope {
             None => h.update([0u8]),
@@ -150,11 +168,7 @@ impl StoreKey {
         }
         h.update((key.len() as u64).to_be_bytes());
         h.update(key.as_bytes());
-        Self {
-            scope: scope.map(Into::into),
-            key: key.into(),
-            digest: h.finalize().into(),
-        }
+        h.finalize().into()
     }
 
     /// The client's key, unescaped.

@@ -274,8 +274,13 @@ impl<St> IdempotencyLayer<St> {
         self.with(|c| c.wait = Some(timeout))
     }
 
-    /// Whether the inner service runs in a task of its own that finishes and records its result
-    /// even when the client goes away (default `true`).
+    /// Whether the inner service runs to its end and records its result even when the client
+    /// goes away (default `true`).
+    ///
+    /// The handler runs inside the response future, with no task spawned. When that future is
+    /// dropped before the handler ends (hyper drops it when the client disconnects), the
+    /// execution moves, as it is, into a task of its own and finishes there; running and moved
+    /// executions alike are counted and drained by [`detached_tasks`](Self::detached_tasks).
     ///
     /// With `false`, dropping the response future (hyper does when the client disconnects)
     /// cancels the handler and releases the claim, so a retry runs it again.

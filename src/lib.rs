@@ -82,9 +82,9 @@
 //! 4. **Claim**: one atomic store operation ([`store::Store::begin`]). A store failure is
 //!    ambiguous (the claim may have landed), so the layer reads the key back before it decides,
 //!    and never lets the handler run twice.
-//! 5. **Run**: the inner service runs in a task of its own, so it finishes and records its result
-//!    even when the client goes away ([`IdempotencyLayer::detach`]); the lease is renewed while it
-//!    runs. The handler finds the [`IdempotencyClaim`] (key and owner token) in the request's
+//! 5. **Run**: the inner service runs to its end and records its result even when the client
+//!    goes away: a dropped response future hands the execution to a task of its own
+//!    ([`IdempotencyLayer::detach`]); the lease is renewed while it runs. The handler finds the [`IdempotencyClaim`] (key and owner token) in the request's
 //!    extensions.
 //! 6. **Record**: replayable responses ([`policy`]) are stored, owner-checked, *before* they are
 //!    sent; retryable ones release the claim.

@@ -9,12 +9,13 @@ use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, request};
 use http_body::Body;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::body::{Buffered, RequestBody, ResponseBody, buffer};
 use crate::extensions::{IdempotencyClaim, Outcome};
 use crate::fingerprint::Fingerprint;
-use crate::future::ResponseFuture;
+use crate::future::{Answer, BoxRun, ResponseFuture, Run, Step};
 use crate::key::{OwnerToken, StoreKey, parse_key};
 use crate::layer::{Config, Fingerprinting, IdempotencyLayer};
 use crate::policy::Disposition;
@@ -162,41 +163,43 @@ enum Found {
     InProgress(Option<Fingerprint>),
 }
 
-type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
-
 impl<St: Store> Flow<St> {
     async fn run<S, ReqBody, ResBody>(
         self,
         mut inner: S,
         req: Request<ReqBody>,
         key: String,
-    ) -> Answer<ResBody, S::Error>
+    ) -> Step<ResBody, S::Error>
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Send + 'static,
         ReqBody: Body + Send + 'static,
+        ReqBody::Data: Send,
+        ReqBody::Error: Send,
         ResBody: Body + Send + 'static,
         ResBody::Error: Send,
     {
         let (mut parts, body) = req.into_parts();
         let scope = self.config.scope.as_ref().and_then(|f| f(&parts));
-        let key = StoreKey::new(scope.as_deref(), &key);
+        let key = StoreKey::from_owned(scope.as_deref(), key);
         let (body, fingerprint) = match self.fingerprint(&parts, body).await {
             Ok(read) => read,
-            Err(kind) => return Ok(problem(&self.config, kind)),
+            Err(kind) => return Step::Done(Ok(problem(&self.config, kind))),
         };
         let token = OwnerToken::generate();
         match self.claim(&key, fingerprint.as_ref(), token).await {
             Claim::Owner => {}
-            Claim::Replay(record) => return Ok(self.replay(&key, &record)),
-            Claim::Problem(kind) => return Ok(problem(&self.config, kind)),
+            Claim::Replay(record) => return Step::Done(Ok(self.replay(&key, &record))),
+            Claim::Problem(kind) => return Step::Done(Ok(problem(&self.config, kind))),
             Claim::Unprotected => {
                 tracing::warn!(key = %key.key(), "idempotency store failed; running unprotected");
-                let res = inner.call(Request::from_parts(parts, body)).await?;
-                let mut res = res.map(ResponseBody::new);
-                res.extensions_mut().insert(Outcome::Unprotected);
-                return Ok(res);
+                let call = inner.call(Request::from_parts(parts, body));
+                return Step::Run(Run::attached(Box::pin(async move {
+                    let mut res = call.await?.map(ResponseBody::new);
+                    res.extensions_mut().insert(Outcome::Unprotected);
+                    Ok(res)
+                })));
             }
         }
         parts
@@ -210,14 +213,12 @@ impl<St: Store> Flow<St> {
             fingerprint,
             armed: true,
         };
-        if !self.config.detach {
-            return owner.execute(inner, req).await;
-        }
-        match self.config.tasks.spawn(owner.execute(inner, req)).await {
-            Ok(answer) => answer,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Ok(problem(&self.config, ProblemKind::ShuttingDown)),
-        }
+        let run = Box::pin(owner.execute(inner, req));
+        Step::Run(if self.config.detach {
+            Run::detached(run, &self.config.tasks, detach::<ResBody, S::Error>)
+        } else {
+            Run::attached(run)
+        })
     }
 
     /// Buffers the body and fingerprints the request, unless fingerprints are off.
@@ -259,7 +260,8 @@ impl<St: Store> Flow<St> {
                 Ok(Begin::New) => return Claim::Owner,
                 Ok(Begin::Completed(record)) => Found::Completed(record),
                 Ok(Begin::InProgress { fingerprint }) => Found::InProgress(fingerprint),
-                Err(e) => match self.resolve(key, token, e).await {
+                // Rare: boxed, to keep every request's future small.
+                Err(e) => match Box::pin(self.resolve(key, token, e)).await {
                     Ok(Some(found)) => found,
                     Ok(None) => return Claim::Owner,
                     Err(e) => return self.store_failed(key, e),
@@ -278,15 +280,21 @@ impl<St: Store> Flow<St> {
             let now = Instant::now();
             match deadline {
                 Some(deadline) if now < deadline => {
-                    let wait = self.store.wait(key, deadline - now);
-                    if let Err(e) = self.bounded_by(deadline - now, wait).await {
-                        tracing::debug!(error = %e, "waiting for the owner failed");
-                        let pause = deadline.min(now + DEFAULT_POLL_INTERVAL);
-                        tokio::time::sleep_until(pause).await;
-                    }
+                    // Boxed, as it is rare and holds timers.
+                    Box::pin(self.wait_for_owner(key, deadline, now)).await;
                 }
                 _ => return Claim::Problem(ProblemKind::InProgress),
             }
+        }
+    }
+
+    /// Waits until the owner of `key` may be done, or a short pause when the store cannot say.
+    async fn wait_for_owner(&self, key: &StoreKey, deadline: Instant, now: Instant) {
+        let wait = self.store.wait(key, deadline - now);
+        if let Err(e) = self.bounded_by(deadline - now, wait).await {
+            tracing::debug!(error = %e, "waiting for the owner failed");
+            let pause = deadline.min(now + DEFAULT_POLL_INTERVAL);
+            tokio::time::sleep_until(pause).await;
         }
     }
 
@@ -350,12 +358,23 @@ impl<St: Store> Flow<St> {
         self.bounded_by(self.config.store_timeout, op).await
     }
 
+    /// Runs a store call under `limit`.
+    ///
+    /// The call is polled once before the timer is set: an in-process store (the memory
+    /// store) answers right away, and then no timer is created at all. A call that is still
+    /// pending gets the whole `limit` from then on (its first poll only sends the command).
     async fn bounded_by<T>(
         &self,
         limit: Duration,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(limit, op).await {
+        let mut op = std::pin::pin!(op);
+        let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            return result;
+        }
+        // Boxed: a timer is large, and this future lives inside every request's future.
+        match Box::pin(tokio::time::timeout(limit, op)).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::new(StoreErrorKind::Timeout)),
         }
@@ -502,6 +521,25 @@ impl<St: Store> Drop for Owner<St> {
         handle.spawn(async move {
             let _ = tokio::time::timeout(timeout, store.release(&key, token)).await;
         });
+    }
+}
+
+/// Moves an execution whose response future was dropped into a task of `tasks`, where it
+/// runs to its end and records its result.
+fn detach<B, E>(run: BoxRun<B, E>, tasks: &TaskTracker)
+where
+    B: Body + Send + 'static,
+    B::Error: Send,
+    E: Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            tasks.spawn_on(run, &handle);
+        }
+        // Nowhere to run it: the claim is left to its lease, as when the runtime shuts down.
+        Err(_) => tracing::warn!(
+            "a response future was dropped outside a tokio runtime; its execution is cut off"
+        ),
     }
 }
 

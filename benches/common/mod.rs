@@ -263,12 +263,7 @@ impl Load {
         let req = req
             .body(Body::from(self.body.clone()))
             .expect("a valid request");
-        let res = self
-            .router
-            .clone()
-            .oneshot(req)
-            .await
-            .expect("infallible");
+        let res = self.router.clone().oneshot(req).await.expect("infallible");
         let (parts, body) = res.into_parts();
         let body = body.collect().await.expect("a whole body").to_bytes();
         (parts.status, parts.headers, body)
@@ -369,7 +364,12 @@ impl Ratio {
         }
     }
 
-    pub(crate) fn throughput(label: &'static str, variant: &str, baseline: &str, target: Target) -> Self {
+    pub(crate) fn throughput(
+        label: &'static str,
+        variant: &str,
+        baseline: &str,
+        target: Target,
+    ) -> Self {
         Self {
             label,
             variant: variant.to_owned(),
