@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, request};
 use http_body::Body;
+use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
@@ -164,12 +166,14 @@ enum Found {
 }
 
 impl<St: Store> Flow<St> {
-    async fn run<S, ReqBody, ResBody>(
+    // Not an `async fn`: the request is taken apart before the future is made, so the future
+    // keeps its parts once (an `async fn` keeps its arguments as well as what they became).
+    fn run<S, ReqBody, ResBody>(
         self,
         mut inner: S,
         req: Request<ReqBody>,
         key: String,
-    ) -> Step<ResBody, S::Error>
+    ) -> impl Future<Output = Step<ResBody, S::Error>>
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
         S::Future: Send + 'static,
@@ -183,42 +187,44 @@ impl<St: Store> Flow<St> {
         let (mut parts, body) = req.into_parts();
         let scope = self.config.scope.as_ref().and_then(|f| f(&parts));
         let key = StoreKey::from_owned(scope.as_deref(), key);
-        let (body, fingerprint) = match self.fingerprint(&parts, body).await {
-            Ok(read) => read,
-            Err(kind) => return Step::Done(Ok(problem(&self.config, kind))),
-        };
-        let token = OwnerToken::generate();
-        match self.claim(&key, fingerprint.as_ref(), token).await {
-            Claim::Owner => {}
-            Claim::Replay(record) => return Step::Done(Ok(self.replay(&key, &record))),
-            Claim::Problem(kind) => return Step::Done(Ok(problem(&self.config, kind))),
-            Claim::Unprotected => {
-                tracing::warn!(key = %key.key(), "idempotency store failed; running unprotected");
-                let call = inner.call(Request::from_parts(parts, body));
-                return Step::Run(Run::attached(Box::pin(async move {
-                    let mut res = call.await?.map(ResponseBody::new);
-                    res.extensions_mut().insert(Outcome::Unprotected);
-                    Ok(res)
-                })));
+        async move {
+            let (body, fingerprint) = match self.fingerprint(&parts, body).await {
+                Ok(read) => read,
+                Err(kind) => return Step::Done(Ok(problem(&self.config, kind))),
+            };
+            let token = OwnerToken::generate();
+            match self.claim(&key, fingerprint.as_ref(), token).await {
+                Claim::Owner => {}
+                Claim::Replay(record) => return Step::Done(Ok(self.replay(&key, &record))),
+                Claim::Problem(kind) => return Step::Done(Ok(problem(&self.config, kind))),
+                Claim::Unprotected => {
+                    tracing::warn!(key = %key.key(), "idempotency store failed; running unprotected");
+                    let call = inner.call(Request::from_parts(parts, body));
+                    return Step::Run(Run::attached(Box::pin(async move {
+                        let mut res = call.await?.map(ResponseBody::new);
+                        res.extensions_mut().insert(Outcome::Unprotected);
+                        Ok(res)
+                    })));
+                }
             }
+            parts
+                .extensions
+                .insert(IdempotencyClaim::new(key.clone(), token));
+            let req = Request::from_parts(parts, body);
+            let owner = Owner {
+                flow: self.clone(),
+                key,
+                token,
+                fingerprint,
+                armed: true,
+            };
+            let run = Box::pin(owner.execute(inner, req));
+            Step::Run(if self.config.detach {
+                Run::detached(run, &self.config.tasks, detach::<ResBody, S::Error>)
+            } else {
+                Run::attached(run)
+            })
         }
-        parts
-            .extensions
-            .insert(IdempotencyClaim::new(key.clone(), token));
-        let req = Request::from_parts(parts, body);
-        let owner = Owner {
-            flow: self.clone(),
-            key,
-            token,
-            fingerprint,
-            armed: true,
-        };
-        let run = Box::pin(owner.execute(inner, req));
-        Step::Run(if self.config.detach {
-            Run::detached(run, &self.config.tasks, detach::<ResBody, S::Error>)
-        } else {
-            Run::attached(run)
-        })
     }
 
     /// Buffers the body and fingerprints the request, unless fingerprints are off.
@@ -351,32 +357,53 @@ impl<St: Store> Flow<St> {
         res
     }
 
-    async fn bounded<T>(
-        &self,
-        op: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        self.bounded_by(self.config.store_timeout, op).await
+    /// Runs a store call under the store timeout.
+    fn bounded<F: Future>(&self, op: F) -> Bounded<F> {
+        self.bounded_by(self.config.store_timeout, op)
     }
 
-    /// Runs a store call under `limit`.
-    ///
-    /// The call is polled once before the timer is set: an in-process store (the memory
-    /// store) answers right away, and then no timer is created at all. A call that is still
-    /// pending gets the whole `limit` from then on (its first poll only sends the command).
-    async fn bounded_by<T>(
-        &self,
-        limit: Duration,
-        op: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let mut op = std::pin::pin!(op);
-        let first = std::future::poll_fn(|cx| Poll::Ready(op.as_mut().poll(cx))).await;
-        if let Poll::Ready(result) = first {
-            return result;
+    fn bounded_by<F: Future>(&self, limit: Duration, op: F) -> Bounded<F> {
+        Bounded {
+            op,
+            limit,
+            timer: None,
         }
-        // Boxed: a timer is large, and this future lives inside every request's future.
-        match Box::pin(tokio::time::timeout(limit, op)).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::new(StoreErrorKind::Timeout)),
+    }
+}
+
+pin_project! {
+    /// A store call under a time limit.
+    ///
+    /// Like [`tokio::time::timeout`], but the timer is made only when the call is still pending
+    /// after its first poll: an in-process store (the memory store) answers at once and then no
+    /// timer is made at all. The limit counts from that first poll, which only sends the
+    /// command. Small, unlike a `Timeout`, because it lives in every request's future.
+    struct Bounded<F> {
+        #[pin]
+        op: F,
+        limit: Duration,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<F, T> Future for Bounded<F>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    type Output = Result<T, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.op.poll(cx) {
+            return Poll::Ready(result);
+        }
+        let limit = *this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(StoreError::new(StoreErrorKind::Timeout))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -392,63 +419,69 @@ struct Owner<St: Store> {
 }
 
 impl<St: Store> Owner<St> {
-    async fn execute<S, ReqBody, ResBody>(
+    // Not an `async fn`, for the reason given at `Flow::run`.
+    fn execute<S, ReqBody, ResBody>(
         mut self,
         mut inner: S,
         req: Request<RequestBody<ReqBody>>,
-    ) -> Answer<ResBody, S::Error>
+    ) -> impl Future<Output = Answer<ResBody, S::Error>>
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
         ResBody: Body,
     {
-        let call = AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind();
-        let res = match self.renewing(call).await {
-            Err(panic) => {
-                self.release("the handler panicked").await;
-                std::panic::resume_unwind(panic)
+        // Boxed on its own: captured by the block below, the request would be kept twice in
+        // one large future (an upvar stays reserved after it is moved); two small boxes are
+        // cheaper to allocate and to move than one large one.
+        let call = Box::pin(AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind());
+        async move {
+            let res = match self.renewing(call).await {
+                Err(panic) => {
+                    self.release("the handler panicked").await;
+                    std::panic::resume_unwind(panic)
+                }
+                Ok(Err(e)) => {
+                    self.release("the handler failed").await;
+                    return Err(e);
+                }
+                Ok(Ok(res)) => res,
+            };
+            let (mut parts, body) = res.into_parts();
+            let disposition = parts
+                .extensions
+                .get::<Disposition>()
+                .copied()
+                .unwrap_or_else(|| Disposition::for_status(parts.status));
+            parts.extensions.insert(Outcome::Executed);
+            if disposition == Disposition::Release {
+                self.release("the response is retryable").await;
+                return Ok(Response::from_parts(parts, ResponseBody::new(body)));
             }
-            Ok(Err(e)) => {
-                self.release("the handler failed").await;
-                return Err(e);
-            }
-            Ok(Ok(res)) => res,
-        };
-        let (mut parts, body) = res.into_parts();
-        let disposition = parts
-            .extensions
-            .get::<Disposition>()
-            .copied()
-            .unwrap_or_else(|| Disposition::for_status(parts.status));
-        parts.extensions.insert(Outcome::Executed);
-        if disposition == Disposition::Release {
-            self.release("the response is retryable").await;
-            return Ok(Response::from_parts(parts, ResponseBody::new(body)));
+            let config = Arc::clone(&self.flow.config);
+            let body = match self.renewing(buffer(body, config.max_response_body)).await {
+                Buffered::Complete { data, trailers } => {
+                    let skip = |name: &http::HeaderName| !config.skipped_headers.contains(name);
+                    let record = Record::filtered(
+                        self.fingerprint,
+                        parts.status,
+                        &parts.headers,
+                        &skip,
+                        &data,
+                        trailers.as_ref(),
+                    );
+                    self.complete(&record).await;
+                    ResponseBody::full(data, trailers)
+                }
+                Buffered::Overflow { prefix, rest } => {
+                    self.complete(&Record::not_stored(self.fingerprint)).await;
+                    ResponseBody::chained(prefix, rest)
+                }
+                Buffered::Failed { prefix, error } => {
+                    self.release("the response body failed").await;
+                    ResponseBody::failed(prefix, error)
+                }
+            };
+            Ok(Response::from_parts(parts, body))
         }
-        let config = Arc::clone(&self.flow.config);
-        let body = match self.renewing(buffer(body, config.max_response_body)).await {
-            Buffered::Complete { data, trailers } => {
-                let skip = |name: &http::HeaderName| !config.skipped_headers.contains(name);
-                let record = Record::filtered(
-                    self.fingerprint,
-                    parts.status,
-                    &parts.headers,
-                    &skip,
-                    &data,
-                    trailers.as_ref(),
-                );
-                self.complete(&record).await;
-                ResponseBody::full(data, trailers)
-            }
-            Buffered::Overflow { prefix, rest } => {
-                self.complete(&Record::not_stored(self.fingerprint)).await;
-                ResponseBody::chained(prefix, rest)
-            }
-            Buffered::Failed { prefix, error } => {
-                self.release("the response body failed").await;
-                ResponseBody::failed(prefix, error)
-            }
-        };
-        Ok(Response::from_parts(parts, body))
     }
 
     /// Runs `fut` while renewing the lease every third of it.
