@@ -56,8 +56,24 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
-/// Reads the key from `headers`: `Ok(None)` when the header is absent.
-pub(crate) fn parse_key(
+/// Reads the key from the `name` headers of a request as the layer does: `Ok(None)` when there
+/// is none, the unescaped key when there is one valid key of at most `max_len` characters.
+///
+/// For outer layers that want the key the layer will see (to log it, say), and for benchmarks.
+///
+/// ```
+/// use http::{HeaderMap, HeaderName, HeaderValue};
+/// use tower_idempotency::key::{KeyError, parse_key};
+///
+/// let name = HeaderName::from_static("idempotency-key");
+/// let mut headers = HeaderMap::new();
+/// headers.insert(&name, HeaderValue::from_static(r#""a\"b""#));
+/// assert_eq!(parse_key(&headers, &name, 255), Ok(Some(r#"a"b"#.to_owned())));
+///
+/// headers.append(&name, HeaderValue::from_static("c"));
+/// assert_eq!(parse_key(&headers, &name, 255), Err(KeyError::Repeated));
+/// ```
+pub fn parse_key(
     headers: &HeaderMap,
     name: &HeaderName,
     max_len: usize,

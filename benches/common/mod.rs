@@ -463,10 +463,16 @@ pub(crate) fn report(bench: &str, since: SystemTime, ratios: &[Ratio]) {
             r.label, r.variant, r.baseline
         );
     }
-    println!("{out}");
+    publish(bench, &out);
+}
+
+/// Prints a bench's table and keeps a copy in `<criterion dir>/ratios/<bench>.md`, where the
+/// tables of one `cargo bench` run can be gathered.
+pub(crate) fn publish(bench: &str, table: &str) {
+    println!("{table}");
     let dir = criterion_dir().join("ratios");
     if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join(format!("{bench}.md")), &out);
+        let _ = std::fs::write(dir.join(format!("{bench}.md")), table);
     }
 }
 
