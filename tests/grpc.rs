@@ -33,7 +33,7 @@ use tower_idempotency::store::MemoryStore;
 use tower_idempotency::store::{
     Begin, Entry, Fingerprint, OwnerToken, Record, Store, StoreError, StoreErrorKind, StoreKey,
 };
-use tower_idempotency::{DetachedTasks, IdempotencyLayer};
+use tower_idempotency::{DetachedTasks, Disposition, IdempotencyLayer};
 
 #[path = "../examples/grpc/orders.rs"]
 #[allow(unreachable_pub)]
@@ -55,7 +55,8 @@ async fn bounded<F: Future>(fut: F) -> F::Output {
 /// The example's orders service, counting its executions.
 ///
 /// Item `hold` signals `entered` and waits for `release`; item `flaky` fails with `UNAVAILABLE`
-/// on the first execution; quantity 0 fails with `INVALID_ARGUMENT`.
+/// on the first execution; item `draft` succeeds with [`Disposition::Release`]; quantity 0 fails
+/// with `INVALID_ARGUMENT`.
 #[derive(Debug, Clone, Default)]
 struct Shop {
     runs: Arc<AtomicUsize>,
@@ -87,11 +88,17 @@ impl Orders for Shop {
         if quantity == 0 {
             return Err(Status::invalid_argument("quantity must be at least 1"));
         }
-        Ok(Response::new(Order {
+        let release = item == "draft";
+        let mut response = Response::new(Order {
             id: format!("ord-{run}"),
             item,
             quantity,
-        }))
+        });
+        if release {
+            // A success that must not be replayed: the handler tells the layer itself.
+            response.extensions_mut().insert(Disposition::Release);
+        }
+        Ok(response)
     }
 }
 
@@ -321,6 +328,20 @@ async fn retryable_status_releases_the_key_and_runs_again() {
         .await
         .unwrap();
     assert_eq!(third.into_inner(), created);
+    assert_eq!(h.shop.runs(), 2);
+}
+
+#[tokio::test]
+async fn handler_disposition_extension_reaches_the_layer() {
+    let h = start(grpc_layer()).await;
+    let mut client = bounded(connect(h.addr)).await;
+    for run in 1..=2 {
+        let created = bounded(client.create_order(keyed("k-draft", order("draft", 1))))
+            .await
+            .unwrap();
+        assert!(created.metadata().get("idempotent-replayed").is_none());
+        assert_eq!(created.into_inner().id, format!("ord-{run}"));
+    }
     assert_eq!(h.shop.runs(), 2);
 }
 
