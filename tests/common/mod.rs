@@ -8,15 +8,18 @@ mod stub;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Debug;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::Body;
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 pub(crate) use stub::MemoryStore;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_idempotency::body::{RequestBody, ResponseBody};
 use tower_idempotency::store::{
@@ -64,6 +67,29 @@ where
     B::Error: Debug,
 {
     let n = counter.hit();
+    respond(n, req).await
+}
+
+/// [`echo`] that waits at `gate` after counting the execution.
+pub(crate) async fn gated_echo<B>(
+    counter: Counter,
+    gate: Gate,
+    req: Request<B>,
+) -> Result<Response<Full<Bytes>>, Infallible>
+where
+    B: Body,
+    B::Error: Debug,
+{
+    let n = counter.hit();
+    gate.pass().await;
+    respond(n, req).await
+}
+
+async fn respond<B>(n: usize, req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible>
+where
+    B: Body,
+    B::Error: Debug,
+{
     let body = req.into_body().collect().await.expect("request body");
     let text = format!(
         "execution {n}: {}",
@@ -92,6 +118,57 @@ where
     ServiceBuilder::new()
         .layer(layer)
         .service_fn(move |req: HandlerReq| echo(counter.clone(), req))
+}
+
+/// `layer` over [`gated_echo`]: every execution waits for `gate` to open.
+pub(crate) fn gated_app<St>(
+    layer: IdempotencyLayer<St>,
+    counter: &Counter,
+    gate: &Gate,
+) -> impl Service<Request<Full<Bytes>>, Response = Res, Error = Infallible, Future: Send + 'static>
++ Clone
++ Send
++ 'static
+where
+    St: Store,
+{
+    let (counter, gate) = (counter.clone(), gate.clone());
+    ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(move |req: HandlerReq| gated_echo(counter.clone(), gate.clone(), req))
+}
+
+/// Holds handlers until it is opened, and tells the test when one arrives.
+#[derive(Debug, Clone)]
+pub(crate) struct Gate {
+    open: Arc<watch::Sender<bool>>,
+    arrived: Arc<Semaphore>,
+}
+
+impl Gate {
+    pub(crate) fn new() -> Self {
+        Self {
+            open: Arc::new(watch::channel(false).0),
+            arrived: Arc::new(Semaphore::new(0)),
+        }
+    }
+
+    /// Waits here until the gate opens (at once when it is open).
+    pub(crate) async fn pass(&self) {
+        self.arrived.add_permits(1);
+        let mut open = self.open.subscribe();
+        open.wait_for(|open| *open).await.unwrap();
+    }
+
+    /// Waits until one more handler has arrived at the gate.
+    pub(crate) async fn arrived(&self) {
+        self.arrived.acquire().await.unwrap().forget();
+    }
+
+    /// Lets every waiting and later handler through.
+    pub(crate) fn open(&self) {
+        self.open.send_replace(true);
+    }
 }
 
 /// `POST /orders` with a JSON body and `Idempotency-Key: key`.
@@ -336,4 +413,49 @@ impl<St: Store> Store for Probe<St> {
 /// The entry the store holds for an unscoped `key`.
 pub(crate) async fn entry<St: Store>(store: &St, key: &str) -> Option<Entry> {
     store.get(&StoreKey::new(None, key)).await.unwrap()
+}
+
+/// A request body the test feeds frame by frame; its length is unknown in advance.
+#[derive(Debug)]
+pub(crate) struct Pipe<E = Infallible> {
+    rx: mpsc::Receiver<Result<Frame<Bytes>, E>>,
+}
+
+/// The sending half of a [`Pipe`]; dropping it ends the body.
+#[derive(Debug)]
+pub(crate) struct PipeSender<E = Infallible> {
+    tx: mpsc::Sender<Result<Frame<Bytes>, E>>,
+}
+
+pub(crate) fn pipe<E>() -> (PipeSender<E>, Pipe<E>) {
+    let (tx, rx) = mpsc::channel(16);
+    (PipeSender { tx }, Pipe { rx })
+}
+
+impl<E> PipeSender<E> {
+    pub(crate) async fn data(&self, data: &'static str) {
+        let frame = Frame::data(Bytes::from_static(data.as_bytes()));
+        self.tx.send(Ok(frame)).await.ok().expect("body dropped");
+    }
+
+    pub(crate) async fn trailers(&self, trailers: HeaderMap) {
+        let frame = Frame::trailers(trailers);
+        self.tx.send(Ok(frame)).await.ok().expect("body dropped");
+    }
+
+    pub(crate) async fn fail(self, error: E) {
+        self.tx.send(Err(error)).await.ok().expect("body dropped");
+    }
+}
+
+impl<E> Body for Pipe<E> {
+    type Data = Bytes;
+    type Error = E;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+        self.rx.poll_recv(cx)
+    }
 }
