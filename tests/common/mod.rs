@@ -459,3 +459,32 @@ impl<E> Body for Pipe<E> {
         self.rx.poll_recv(cx)
     }
 }
+
+/// A response body of ready frames: data chunks, then trailers.
+#[derive(Debug, Default)]
+pub(crate) struct Frames {
+    frames: std::collections::VecDeque<Frame<Bytes>>,
+}
+
+impl Frames {
+    pub(crate) fn new(chunks: &[&[u8]], trailers: Option<HeaderMap>) -> Self {
+        let mut frames: std::collections::VecDeque<_> = chunks
+            .iter()
+            .map(|c| Frame::data(Bytes::copy_from_slice(c)))
+            .collect();
+        frames.extend(trailers.map(Frame::trailers));
+        Self { frames }
+    }
+}
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.frames.pop_front().map(Ok))
+    }
+}
