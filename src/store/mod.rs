@@ -35,8 +35,13 @@ pub use crate::fingerprint::Fingerprint;
 pub use crate::key::{OwnerToken, StoreKey};
 pub use crate::record::{DecodeError, Record};
 
+#[cfg(feature = "memory")]
+mod memory;
 mod noop;
 
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use noop::NoOpStore;
 
 /// What [`Store::begin`] found.
