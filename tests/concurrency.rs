@@ -7,13 +7,12 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{
-    Counter, Gate, HandlerReq, MemoryStore, Reply, assert_problem, gated_app, post, read,
-};
+use common::{Counter, Gate, HandlerReq, Reply, assert_problem, gated_app, post, read};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Counter, Gate, HandlerReq, MemoryStore, entry, gated_app, post, read};
+use common::{Counter, Gate, HandlerReq, entry, gated_app, post, read};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_idempotency::store::Entry;
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 /// Counts executions that start and executions that finish; each waits at the gate between.

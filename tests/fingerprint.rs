@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    Counter, Gate, MemoryStore, Pipe, Probe, app, assert_problem, echo, gated_app, post, request,
-    send,
+    Counter, Gate, Pipe, Probe, app, assert_problem, echo, gated_app, post, request, send,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -22,6 +21,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_idempotency::body::RequestBody;
 use tower_idempotency::fingerprint::Fingerprint;
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 /// The same key as `post("k", "{\"amount\":1}")` on `/orders`, with one part changed.

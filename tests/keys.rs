@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{Counter, MemoryStore, Probe, app, assert_problem, post, request, send};
+use common::{Counter, Probe, app, assert_problem, post, request, send};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 fn with_key(value: &[u8]) -> http::Request<http_body_util::Full<bytes::Bytes>> {

@@ -7,12 +7,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    Counter, HandlerReq, MemoryStore, Op, Probe, app, assert_problem, entry, post, read, send,
-};
+use common::{Counter, HandlerReq, Op, Probe, app, assert_problem, entry, post, read, send};
 use http::StatusCode;
 use tokio::time::{Instant, sleep};
 use tower::{ServiceBuilder, ServiceExt};
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::store::{Entry, OwnerToken, Store, StoreKey};
 use tower_idempotency::{IdempotencyLayer, Outcome};
 

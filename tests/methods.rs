@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{Counter, MemoryStore, Op, Probe, app, request, send};
+use common::{Counter, Op, Probe, app, request, send};
 use http::{Method, StatusCode};
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 #[tokio::test]

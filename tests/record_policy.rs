@@ -7,14 +7,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{
-    Counter, Frames, HandlerReq, MemoryStore, Pipe, Reply, assert_problem, pipe, post, read, send,
-};
+use common::{Counter, Frames, HandlerReq, Pipe, Reply, assert_problem, pipe, post, read, send};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_idempotency::body::ResponseBody;
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{Disposition, IdempotencyLayer, Outcome};
 
 /// Execution `n` answers `script[n - 1]` (`201` past its end) with the body `execution n`, and

@@ -5,9 +5,10 @@ mod common;
 
 use std::convert::Infallible;
 
-use common::{Counter, Frames, HandlerReq, MemoryStore, post, send};
+use common::{Counter, Frames, HandlerReq, post, send};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 use tower::{Service, ServiceBuilder};
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 /// A body no text encoding would survive: every byte value, twice, in three chunks.

@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{Counter, HandlerReq, MemoryStore, app, echo, post, send};
+use common::{Counter, HandlerReq, app, echo, post, send};
 use http::{Request, StatusCode};
 use tower::ServiceBuilder;
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 fn tenant_scope(layer: IdempotencyLayer<MemoryStore>) -> IdempotencyLayer<MemoryStore> {

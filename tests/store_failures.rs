@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Counter, Fault, MemoryStore, Op, Probe, app, assert_problem, entry, post, send};
+use common::{Counter, Fault, Op, Probe, app, assert_problem, entry, post, send};
 use http::StatusCode;
 use tokio::time::{Instant, sleep};
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::store::{Begin, Entry, Record, StoreErrorKind};
 use tower_idempotency::{IdempotencyLayer, Outcome};
 

@@ -3,8 +3,6 @@
 //! injects faults.
 #![allow(dead_code)]
 
-mod stub;
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Debug;
@@ -18,7 +16,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
-pub(crate) use stub::MemoryStore;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_idempotency::body::{RequestBody, ResponseBody};
