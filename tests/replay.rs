@@ -181,3 +181,77 @@ async fn empty_and_redirect_responses_replay_too() {
         assert_eq!(counter.get(), 1, "{status}");
     }
 }
+
+/// Serves `post("k")` over real HTTP/1.1 connections with hyper, from a handler that answers
+/// with announced trailers (`Trailer: x-checksum`), and fetches it `times` times.
+async fn over_http1(
+    layer: IdempotencyLayer<MemoryStore>,
+    times: usize,
+) -> (Vec<common::Reply>, usize) {
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+
+    let counter = Counter::new();
+    let c = counter.clone();
+    let svc = ServiceBuilder::new().layer(layer).service_fn(
+        move |_req: http::Request<tower_idempotency::body::RequestBody<Incoming>>| {
+            let n = c.hit();
+            async move {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("x-checksum", format!("sum-{n}").parse().unwrap());
+                let res = Response::builder()
+                    .status(StatusCode::CREATED)
+                    .header("trailer", "x-checksum")
+                    .body(Frames::new(&[b"streamed ", b"body"], Some(trailers)))
+                    .unwrap();
+                Ok::<_, Infallible>(res)
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    let mut replies = Vec::new();
+    for _ in 0..times {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = post("k", "{}");
+        req.headers_mut()
+            .insert("host", "localhost".parse().unwrap());
+        req.headers_mut().insert("te", "trailers".parse().unwrap());
+        replies.push(common::read(sender.send_request(req).await.unwrap()).await);
+    }
+    server.abort();
+    (replies, counter.get())
+}
+
+#[tokio::test]
+async fn over_http1_a_replay_carries_its_trailers() {
+    let (replies, executions) = over_http1(IdempotencyLayer::new(MemoryStore::new()), 2).await;
+    let (first, again) = (&replies[0], &replies[1]);
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.text(), "streamed body");
+    assert_eq!(first.trailers.as_ref().unwrap()["x-checksum"], "sum-1");
+    assert!(again.is_replay());
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("trailer"), Some("x-checksum"));
+    assert_eq!(
+        again.trailers.as_ref().map(|t| &t["x-checksum"]),
+        Some(&"sum-1".parse().unwrap()),
+        "the replay lost its trailers on the wire"
+    );
+    assert_eq!(executions, 1);
+}
