@@ -13,13 +13,10 @@ use tower_idempotency::problem::{Problem, ProblemKind};
 use tower_idempotency::store::{MemoryStore, StoreErrorKind};
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
+type Layer = IdempotencyLayer<Arc<Probe<MemoryStore>>>;
+
 /// Answers every problem as `418` with a plain-text body naming it, and remembers the problems.
-fn hooked(
-    layer: IdempotencyLayer<Arc<Probe<MemoryStore>>>,
-) -> (
-    IdempotencyLayer<Arc<Probe<MemoryStore>>>,
-    Arc<Mutex<Vec<Problem>>>,
-) {
+fn hooked(layer: Layer) -> (Layer, Arc<Mutex<Vec<Problem>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let layer = layer.problem_response(move |problem: &Problem| {

@@ -432,16 +432,16 @@ pub(crate) fn pipe<E>() -> (PipeSender<E>, Pipe<E>) {
 impl<E> PipeSender<E> {
     pub(crate) async fn data(&self, data: &'static str) {
         let frame = Frame::data(Bytes::from_static(data.as_bytes()));
-        self.tx.send(Ok(frame)).await.ok().expect("body dropped");
+        assert!(self.tx.send(Ok(frame)).await.is_ok(), "body dropped");
     }
 
     pub(crate) async fn trailers(&self, trailers: HeaderMap) {
         let frame = Frame::trailers(trailers);
-        self.tx.send(Ok(frame)).await.ok().expect("body dropped");
+        assert!(self.tx.send(Ok(frame)).await.is_ok(), "body dropped");
     }
 
     pub(crate) async fn fail(self, error: E) {
-        self.tx.send(Err(error)).await.ok().expect("body dropped");
+        assert!(self.tx.send(Err(error)).await.is_ok(), "body dropped");
     }
 }
 
