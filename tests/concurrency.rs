@@ -205,3 +205,23 @@ async fn a_waiting_duplicate_runs_when_the_owner_releases() {
     );
     assert_eq!(counter.get(), 2);
 }
+
+#[tokio::test]
+async fn the_inner_service_that_was_polled_ready_gets_the_call() {
+    let counter = Counter::new();
+    let c = counter.clone();
+    // `ConcurrencyLimit` panics when called on an instance that was not polled ready, so the
+    // layer must hand the request to the very instance it polled.
+    let mut svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .concurrency_limit(1)
+        .service_fn(move |req: HandlerReq| common::echo(c.clone(), req));
+
+    for key in ["a", "b", "a"] {
+        let reply = common::send(&mut svc, post(key, "x")).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{key}");
+    }
+    let reply = common::send(&mut svc, common::request(http::Method::GET, "/", None, "")).await;
+    assert_eq!(reply.outcome, Some(Outcome::Bypassed));
+    assert_eq!(counter.get(), 3);
+}

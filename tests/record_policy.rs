@@ -266,6 +266,28 @@ async fn a_response_over_the_cap_streams_whole_and_is_not_replayed() {
 }
 
 #[tokio::test]
+async fn a_response_announced_over_the_cap_is_not_buffered() {
+    let counter = Counter::new();
+    let c = counter.clone();
+    let big = Bytes::from(vec![7u8; 4096]);
+    let body = big.clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(MemoryStore::new()).max_response_body(1024))
+        .service_fn(move |_req: HandlerReq| {
+            c.hit();
+            let res = Response::new(Full::new(body.clone()));
+            async move { Ok::<_, Infallible>(res) }
+        });
+
+    let first = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body, big);
+    let retry = send(&mut svc, post("k", "{}")).await;
+    assert_problem(&retry, 409, "response-not-stored");
+    assert_eq!(counter.get(), 1);
+}
+
+#[tokio::test]
 async fn a_response_over_the_cap_is_not_held_back() {
     let counter = Counter::new();
     let c = counter.clone();
