@@ -59,6 +59,9 @@ pub fn default_methods() -> Vec<Method> {
 /// The headers a replay never carries: hop-by-hop headers, `Set-Cookie` (a replay must not hand
 /// one client's session to another request), `Date` (the replay's own is added by the server)
 /// and `Content-Length` (recomputed from the stored body).
+///
+/// `Trailer` is kept: it is end-to-end (RFC 9110 §6.6.2), and hyper's HTTP/1.1 server sends
+/// only the trailer fields it names, so a replay without it would lose its trailers.
 pub fn default_skipped_headers() -> Vec<HeaderName> {
     vec![
         header::CONNECTION,
@@ -67,7 +70,6 @@ pub fn default_skipped_headers() -> Vec<HeaderName> {
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
         header::SET_COOKIE,
