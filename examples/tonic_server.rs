@@ -8,7 +8,8 @@
 //! layer reads the key from the `idempotency-key` metadata (an HTTP/2 header) and answers a retry
 //! with the first call's message and trailers. A quantity of 0 fails with `INVALID_ARGUMENT`,
 //! which is recorded and replayed like a success; `UNAVAILABLE` and the other retryable codes
-//! release the key instead (see `grpc/status.rs`).
+//! release the key instead. The layer's own answers (a duplicate in flight, a reused key, the
+//! store down) reach the client as gRPC statuses: `ABORTED`, `FAILED_PRECONDITION`, `UNAVAILABLE`.
 //!
 //! `tests/grpc.rs` runs the same service over a real socket.
 
@@ -17,15 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
-use tower::ServiceBuilder;
 use tower_idempotency::IdempotencyLayer;
 use tower_idempotency::store::MemoryStore;
 
 #[path = "grpc/orders.rs"]
 #[allow(unreachable_pub)]
 mod orders;
-#[path = "grpc/status.rs"]
-mod status;
 
 use orders::orders_server::{Orders, OrdersServer};
 use orders::{CreateOrderRequest, Order};
@@ -60,13 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
 
-    let idempotency = IdempotencyLayer::new(MemoryStore::new())
-        // Problems (409, 422, 503, ...) as gRPC statuses rather than problem+json.
-        .problem_response(status::grpc_problem);
-    let layers = ServiceBuilder::new()
-        .layer(idempotency)
-        // Retryable gRPC errors release the key instead of being recorded.
-        .map_response(status::release_retryable);
+    let idempotency = IdempotencyLayer::new(MemoryStore::new());
 
     println!("gRPC on http://{addr}; try, twice with the same key:");
     println!(
@@ -78,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("tests: cargo test --test grpc");
 
     Server::builder()
-        .layer(layers)
+        .layer(idempotency)
         .add_service(OrdersServer::new(Shop::default()))
         .serve(addr)
         .await?;

@@ -18,7 +18,7 @@ use crate::future::ResponseFuture;
 use crate::key::{OwnerToken, StoreKey, parse_key};
 use crate::layer::{Config, Fingerprinting, IdempotencyLayer};
 use crate::policy::Disposition;
-use crate::problem::{Problem, ProblemKind};
+use crate::problem::{Problem, ProblemKind, is_grpc};
 use crate::record::Record;
 use crate::store::{Begin, DEFAULT_POLL_INTERVAL, Entry, Store, StoreError, StoreErrorKind};
 
@@ -110,22 +110,25 @@ where
         if !config.methods.contains(req.method()) {
             return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
         }
-        let key = match parse_key(req.headers(), &config.header, config.max_key_len) {
-            Ok(Some(key)) => key,
+        let rejected = match parse_key(req.headers(), &config.header, config.max_key_len) {
+            Ok(Some(key)) => {
+                // The instance that was polled ready goes with the request.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let flow = Flow {
+                    store: Arc::clone(&self.store),
+                    config: Arc::clone(config),
+                    grpc: is_grpc(req.headers()),
+                };
+                return ResponseFuture::protected(Box::pin(flow.run(inner, req, key)));
+            }
             Ok(None) if !config.require_key => {
                 return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
             }
-            Ok(None) => return ResponseFuture::ready(problem(config, ProblemKind::MissingKey)),
-            Err(e) => return ResponseFuture::ready(problem(config, ProblemKind::InvalidKey(e))),
+            Ok(None) => ProblemKind::MissingKey,
+            Err(e) => ProblemKind::InvalidKey(e),
         };
-        // The instance that was polled ready goes with the request.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let flow = Flow {
-            store: Arc::clone(&self.store),
-            config: Arc::clone(config),
-        };
-        ResponseFuture::protected(Box::pin(flow.run(inner, req, key)))
+        ResponseFuture::ready(problem(config, rejected, is_grpc(req.headers())))
     }
 }
 
@@ -133,6 +136,8 @@ where
 struct Flow<St> {
     store: Arc<St>,
     config: Arc<Config>,
+    /// Whether the request is a gRPC call, answered with gRPC statuses.
+    grpc: bool,
 }
 
 impl<St> Clone for Flow<St> {
@@ -140,6 +145,7 @@ impl<St> Clone for Flow<St> {
         Self {
             store: Arc::clone(&self.store),
             config: Arc::clone(&self.config),
+            grpc: self.grpc,
         }
     }
 }
@@ -184,13 +190,13 @@ impl<St: Store> Flow<St> {
         let key = StoreKey::new(scope.as_deref(), &key);
         let (body, fingerprint) = match self.fingerprint(&parts, body).await {
             Ok(read) => read,
-            Err(kind) => return Ok(problem(&self.config, kind)),
+            Err(kind) => return Ok(problem(&self.config, kind, self.grpc)),
         };
         let token = OwnerToken::generate();
         match self.claim(&key, fingerprint.as_ref(), token).await {
             Claim::Owner => {}
             Claim::Replay(record) => return Ok(self.replay(&key, &record)),
-            Claim::Problem(kind) => return Ok(problem(&self.config, kind)),
+            Claim::Problem(kind) => return Ok(problem(&self.config, kind, self.grpc)),
             Claim::Unprotected => {
                 tracing::warn!(key = %key.key(), "idempotency store failed; running unprotected");
                 let res = inner.call(Request::from_parts(parts, body)).await?;
@@ -216,7 +222,7 @@ impl<St: Store> Flow<St> {
         match self.config.tasks.spawn(owner.execute(inner, req)).await {
             Ok(answer) => answer,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Ok(problem(&self.config, ProblemKind::ShuttingDown)),
+            Err(_) => Ok(problem(&self.config, ProblemKind::ShuttingDown, self.grpc)),
         }
     }
 
@@ -326,10 +332,10 @@ impl<St: Store> Flow<St> {
     fn replay<B: Body>(&self, key: &StoreKey, record: &Record) -> Response<ResponseBody<B>> {
         let stored = match record.response() {
             Ok(Some(stored)) => stored,
-            Ok(None) => return problem(&self.config, ProblemKind::ResponseNotStored),
+            Ok(None) => return problem(&self.config, ProblemKind::ResponseNotStored, self.grpc),
             Err(e) => {
                 tracing::error!(key = %key.key(), error = %e, "stored record is unreadable");
-                return problem(&self.config, ProblemKind::StoreUnavailable);
+                return problem(&self.config, ProblemKind::StoreUnavailable, self.grpc);
             }
         };
         let mut res = Response::new(ResponseBody::full(stored.body, stored.trailers));
@@ -395,10 +401,10 @@ impl<St: Store> Owner<St> {
             Ok(Ok(res)) => res,
         };
         let (mut parts, body) = res.into_parts();
-        let disposition = parts
-            .extensions
-            .get::<Disposition>()
-            .copied()
+        // The handler's own word first, then a gRPC status in the head, then the HTTP status.
+        let chosen = parts.extensions.get::<Disposition>().copied();
+        let disposition = chosen
+            .or_else(|| Disposition::from_grpc_headers(&parts.headers))
             .unwrap_or_else(|| Disposition::for_status(parts.status));
         parts.extensions.insert(Outcome::Executed);
         if disposition == Disposition::Release {
@@ -407,6 +413,14 @@ impl<St: Store> Owner<St> {
         }
         let config = Arc::clone(&self.flow.config);
         let body = match self.renewing(buffer(body, config.max_response_body)).await {
+            Buffered::Complete { data, trailers }
+                if chosen.is_none()
+                    && trailers.as_ref().and_then(Disposition::from_grpc_headers)
+                        == Some(Disposition::Release) =>
+            {
+                self.release("the gRPC status is retryable").await;
+                ResponseBody::full(data, trailers)
+            }
             Buffered::Complete { data, trailers } => {
                 let skip = |name: &http::HeaderName| !config.skipped_headers.contains(name);
                 let record = Record::filtered(
@@ -514,8 +528,12 @@ fn same_request(stored: Option<&Fingerprint>, ours: Option<&Fingerprint>) -> boo
 }
 
 /// A problem as the layer's response.
-pub(crate) fn problem<B: Body>(config: &Config, kind: ProblemKind) -> Response<ResponseBody<B>> {
-    let problem = Problem::new(kind, config.mismatch_status, config.retry_after);
+pub(crate) fn problem<B: Body>(
+    config: &Config,
+    kind: ProblemKind,
+    grpc: bool,
+) -> Response<ResponseBody<B>> {
+    let problem = Problem::new(kind, config.mismatch_status, config.retry_after, grpc);
     let outcome = match kind {
         ProblemKind::InProgress => Outcome::Conflict,
         ProblemKind::Mismatch => Outcome::Mismatch,

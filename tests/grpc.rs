@@ -1,16 +1,10 @@
 //! The layer in a tonic server, over a real socket: a tonic client and a raw HTTP/2 client (to
 //! see the trailers byte for byte) against `orders.v1.Orders/CreateOrder`.
 //!
-//! What a tonic client sees of the layer's problems:
-//!
-//! | problem | default `problem+json` | with `grpc_problem` (`examples/grpc/status.rs`) |
-//! | --- | --- | --- |
-//! | `409` in progress | `INTERNAL` "protocol error: ... status: 409 Conflict" | `ABORTED` |
-//! | `422` mismatch | `INTERNAL` "protocol error: ... status: 422 Unprocessable Entity" | `FAILED_PRECONDITION` |
-//! | `503` store unavailable | `INTERNAL` "protocol error: ... status: 503 Service Unavailable" | `UNAVAILABLE` |
-//!
-//! tonic decodes the JSON body as gRPC frames before it looks at the HTTP status, and `{` is not
-//! a valid frame flag, hence `INTERNAL` whatever the status.
+//! The layer answers gRPC calls in gRPC: its problems arrive as trailers-only statuses
+//! (`ABORTED` with `retry-after` for a call in progress, `FAILED_PRECONDITION` for a reused key,
+//! `UNAVAILABLE` when the store is down), and retryable codes release the key, with no glue in
+//! the server.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,8 +32,6 @@ use tower_idempotency::{DetachedTasks, Disposition, IdempotencyLayer};
 #[path = "../examples/grpc/orders.rs"]
 #[allow(unreachable_pub)]
 mod orders;
-#[path = "../examples/grpc/status.rs"]
-mod status;
 
 use orders::orders_client::OrdersClient;
 use orders::orders_server::{Orders, OrdersServer};
@@ -145,8 +137,7 @@ async fn start<St: Store>(layer: IdempotencyLayer<St>) -> Harness {
                 out
             }
         })
-        .layer(layer)
-        .map_response(status::release_retryable);
+        .layer(layer);
     let server = Server::builder()
         .layer(layers)
         .add_service(OrdersServer::new(shop.clone()))
@@ -161,7 +152,7 @@ async fn start<St: Store>(layer: IdempotencyLayer<St>) -> Harness {
 }
 
 fn grpc_layer() -> IdempotencyLayer<MemoryStore> {
-    IdempotencyLayer::new(MemoryStore::new()).problem_response(status::grpc_problem)
+    IdempotencyLayer::new(MemoryStore::new())
 }
 
 async fn connect(addr: SocketAddr) -> OrdersClient<Channel> {
@@ -459,7 +450,7 @@ impl Store for DownStore {
 
 #[tokio::test]
 async fn store_down_gets_unavailable() {
-    let h = start(IdempotencyLayer::new(DownStore).problem_response(status::grpc_problem)).await;
+    let h = start(IdempotencyLayer::new(DownStore)).await;
     let mut client = bounded(connect(h.addr)).await;
     let down = bounded(client.create_order(keyed("k-down", order("book", 1))))
         .await
@@ -467,53 +458,4 @@ async fn store_down_gets_unavailable() {
     assert_eq!(down.code(), Code::Unavailable);
     assert_eq!(down.metadata().get("retry-after").unwrap(), "1");
     assert_eq!(h.shop.runs(), 0);
-}
-
-/// Without the `grpc_problem` hook, the layer's `problem+json` answers reach a tonic client as
-/// `INTERNAL` protocol errors that name the HTTP status.
-#[tokio::test]
-async fn default_problems_reach_tonic_as_internal() {
-    let h = start(IdempotencyLayer::new(MemoryStore::new())).await;
-    let mut client = bounded(connect(h.addr)).await;
-
-    // 409: a duplicate while the first call runs.
-    let mut first_client = client.clone();
-    let first = tokio::spawn(async move {
-        first_client
-            .create_order(keyed("k-409", order("hold", 1)))
-            .await
-    });
-    bounded(h.shop.entered.notified()).await;
-    let conflict = bounded(client.create_order(keyed("k-409", order("hold", 1))))
-        .await
-        .unwrap_err();
-    h.shop.release.notify_one();
-    bounded(first).await.unwrap().unwrap();
-
-    // 422: the key reused for another message.
-    let mismatch = bounded(client.create_order(keyed("k-409", order("hold", 2))))
-        .await
-        .unwrap_err();
-
-    // 503: the store is down.
-    let down = start(IdempotencyLayer::new(DownStore)).await;
-    let mut down_client = bounded(connect(down.addr)).await;
-    let unavailable = bounded(down_client.create_order(keyed("k-503", order("book", 1))))
-        .await
-        .unwrap_err();
-
-    for (status, http) in [
-        (&conflict, "409 Conflict"),
-        (&mismatch, "422 Unprocessable Entity"),
-        (&unavailable, "503 Service Unavailable"),
-    ] {
-        assert_eq!(status.code(), Code::Internal, "{status:?}");
-        assert!(
-            status.message().starts_with("protocol error")
-                && status.message().ends_with(&format!("status: {http}")),
-            "{status:?}"
-        );
-    }
-    assert_eq!(h.shop.runs(), 1);
-    assert_eq!(down.shop.runs(), 0);
 }

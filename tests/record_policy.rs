@@ -361,3 +361,59 @@ async fn a_response_body_that_fails_releases_the_key() {
     assert_eq!(retry.text(), "whole");
     assert_eq!(counter.get(), 2);
 }
+
+/// A gRPC status in the trailers decides like one in the head: a retryable code (`UNAVAILABLE`)
+/// releases the key even though the HTTP status is `200`; `OK` is recorded; and the handler's
+/// `Disposition` still wins over both.
+#[tokio::test]
+async fn a_retryable_grpc_status_in_the_trailers_releases_the_key() {
+    let counter = Counter::new();
+    let hits = counter.clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .service_fn(move |req: HandlerReq| {
+            let n = hits.hit();
+            let keep = req.headers().contains_key("x-keep");
+            async move {
+                // Execution 1 fails retryably after a message; later ones succeed.
+                let code = if n == 1 || keep { "14" } else { "0" };
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", code.parse().unwrap());
+                let mut res = Response::new(Frames::new(&[b"message"], Some(trailers)));
+                if keep {
+                    res.extensions_mut().insert(Disposition::Record);
+                }
+                Ok::<_, Infallible>(res)
+            }
+        });
+
+    let first = send(&mut svc, post("g", "{}")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body, "message");
+    assert_eq!(first.trailers.as_ref().unwrap()["grpc-status"], "14");
+
+    let retry = send(&mut svc, post("g", "{}")).await;
+    assert_eq!(
+        retry.outcome,
+        Some(Outcome::Executed),
+        "the key was released"
+    );
+    assert_eq!(retry.trailers.as_ref().unwrap()["grpc-status"], "0");
+
+    let replay = send(&mut svc, post("g", "{}")).await;
+    assert_eq!(replay.outcome, Some(Outcome::Replayed));
+    assert_eq!(replay.trailers.as_ref().unwrap()["grpc-status"], "0");
+    assert_eq!(counter.get(), 2);
+
+    // With `Disposition::Record`, the same retryable status is kept and replayed.
+    let mut keep = post("h", "{}");
+    keep.headers_mut().insert("x-keep", "1".parse().unwrap());
+    let kept = send(&mut svc, keep).await;
+    assert_eq!(kept.trailers.as_ref().unwrap()["grpc-status"], "14");
+    let mut keep = post("h", "{}");
+    keep.headers_mut().insert("x-keep", "1".parse().unwrap());
+    let replayed = send(&mut svc, keep).await;
+    assert_eq!(replayed.outcome, Some(Outcome::Replayed));
+    assert_eq!(replayed.trailers.as_ref().unwrap()["grpc-status"], "14");
+    assert_eq!(counter.get(), 3);
+}
