@@ -36,8 +36,13 @@ pub use crate::key::{OwnerToken, StoreKey};
 pub use crate::record::{DecodeError, Record};
 
 mod noop;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use noop::NoOpStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{ConfigReport, RedisStore};
 
 /// What [`Store::begin`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
