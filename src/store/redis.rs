@@ -6,7 +6,10 @@
 //! - [`MultiplexedConnection`](::redis::aio::MultiplexedConnection): one pipelined connection to
 //!   one node; it does not reconnect by itself;
 //! - [`ConnectionManager`](::redis::aio::ConnectionManager): the same, reconnecting in the
-//!   background after the connection breaks (what most single-node deployments want);
+//!   background after the connection breaks (what most single-node deployments want). On RESP2
+//!   it notices a broken connection only when a command fails, so one operation per break fails
+//!   (ambiguously; the layer answers `503`); on RESP3 (`redis://host/?protocol=resp3`) it hears
+//!   the disconnect and reconnects before the next command;
 //! - [`ClusterConnection`](::redis::cluster_async::ClusterConnection): Redis Cluster; every key
 //!   of one record lives in one hash slot, so every operation is a single-slot script.
 //!

@@ -333,6 +333,11 @@ impl RedisCluster {
         &self.nodes
     }
 
+    /// Kills node `i` (SIGKILL); the others keep running.
+    pub fn kill_node(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
