@@ -41,7 +41,9 @@ impl fmt::Display for KeyError {
         match self {
             Self::Repeated => f.write_str("the idempotency key header is repeated"),
             Self::Empty => f.write_str("the idempotency key is empty"),
-            Self::TooLong { max } => write!(f, "the idempotency key is longer than {max} characters"),
+            Self::TooLong { max } => {
+                write!(f, "the idempotency key is longer than {max} characters")
+            }
             Self::InvalidCharacter => {
                 f.write_str("the idempotency key has a character outside printable ASCII")
             }
@@ -292,7 +294,10 @@ mod tests {
         assert_eq!(parse(&[b""]), Err(KeyError::Empty));
         assert_eq!(parse(&[b"\"\""]), Err(KeyError::Empty));
         assert_eq!(parse(&[b"caf\xc3\xa9"]), Err(KeyError::InvalidCharacter));
-        assert_eq!(parse(&[b"\"caf\xc3\xa9\""]), Err(KeyError::InvalidCharacter));
+        assert_eq!(
+            parse(&[b"\"caf\xc3\xa9\""]),
+            Err(KeyError::InvalidCharacter)
+        );
         let long = vec![b'k'; 256];
         assert_eq!(parse(&[&long]), Err(KeyError::TooLong { max: 255 }));
         assert!(parse(&[&long[..255]]).unwrap().is_some());

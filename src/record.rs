@@ -126,7 +126,10 @@ impl Record {
 
     /// Parses an encoded record, checking its framing.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, DecodeError> {
-        let mut r = Reader { bytes: &bytes, at: 0 };
+        let mut r = Reader {
+            bytes: &bytes,
+            at: 0,
+        };
         if r.take(2)? != MAGIC {
             return Err(DecodeError("not a record"));
         }
@@ -295,7 +298,10 @@ fn encode(fingerprint: Option<Fingerprint>, response: Option<Parts<'_>>) -> Reco
 }
 
 fn write_fields(out: &mut Vec<u8>, map: &HeaderMap, keep: &dyn Fn(&HeaderName) -> bool) {
-    let count = map.keys().filter(|n| keep(n)).map(|n| map.get_all(n).iter().count());
+    let count = map
+        .keys()
+        .filter(|n| keep(n))
+        .map(|n| map.get_all(n).iter().count());
     out.put_u16(u16::try_from(count.sum::<usize>()).expect("over 65535 headers"));
     for (name, value) in map.iter().filter(|(n, _)| keep(n)) {
         out.put_u16(name.as_str().len() as u16);
@@ -311,7 +317,8 @@ fn read_fields(bytes: &Bytes, at: usize) -> Result<HeaderMap, DecodeError> {
     let mut map = HeaderMap::with_capacity(usize::from(count));
     for _ in 0..count {
         let len = usize::from(r.u16()?);
-        let name = HeaderName::from_bytes(r.take(len)?).map_err(|_| DecodeError("bad header name"))?;
+        let name =
+            HeaderName::from_bytes(r.take(len)?).map_err(|_| DecodeError("bad header name"))?;
         let len = r.u32()? as usize;
         let start = r.at;
         r.take(len)?;
@@ -344,11 +351,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
 
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn skip_fields(&mut self) -> Result<(), DecodeError> {
@@ -411,7 +422,14 @@ mod tests {
     #[test]
     fn filters_headers() {
         let s = sample();
-        let rec = Record::filtered(None, s.status, &s.headers, &|n| n != "x-multi", &s.body, None);
+        let rec = Record::filtered(
+            None,
+            s.status,
+            &s.headers,
+            &|n| n != "x-multi",
+            &s.body,
+            None,
+        );
         let back = Record::from_bytes(rec.as_bytes().clone()).unwrap();
         let resp = back.response().unwrap().unwrap();
         assert!(resp.headers.get("x-multi").is_none());
@@ -433,7 +451,10 @@ mod tests {
         let good = Record::new(Some(Fingerprint::sha256(b"x")), &sample());
         let bytes = good.as_bytes();
         for cut in 0..bytes.len() {
-            assert!(Record::from_bytes(bytes.slice(..cut)).is_err(), "cut at {cut}");
+            assert!(
+                Record::from_bytes(bytes.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut extra = bytes.to_vec();
         extra.push(0);

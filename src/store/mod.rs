@@ -105,7 +105,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Reads the entry for `key`; a missing or expired entry is `Ok(None)`.
-    fn get(&self, key: &StoreKey) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
+    fn get(&self, key: &StoreKey)
+    -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
 
     /// Drops `token`'s claim on `key`, so that the next `begin` gets [`Begin::New`].
     ///
@@ -166,7 +167,10 @@ impl<T: Store + ?Sized> Store for Arc<T> {
         (**self).complete(key, token, record)
     }
 
-    fn get(&self, key: &StoreKey) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send {
+    fn get(
+        &self,
+        key: &StoreKey,
+    ) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send {
         (**self).get(key)
     }
 

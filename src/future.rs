@@ -1,0 +1,94 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::Response;
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use crate::body::ResponseBody;
+use crate::extensions::Outcome;
+
+type BoxFlow<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+
+pin_project! {
+    /// The response future of [`Idempotency`](crate::Idempotency).
+    ///
+    /// Requests the layer passes through poll the inner future in place, with no allocation;
+    /// protected requests run the claim → run → record flow in one boxed future.
+    pub struct ResponseFuture<F, B, E>
+    where
+        B: Body,
+    {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E>
+    where
+        B: Body,
+    {
+        Bypassed { #[pin] fut: F },
+        Ready { res: Option<Response<ResponseBody<B>>> },
+        Protected { fut: BoxFlow<B, E> },
+    }
+}
+
+impl<F, B: Body, E> ResponseFuture<F, B, E> {
+    pub(crate) fn bypassed(fut: F) -> Self {
+        Self {
+            kind: Kind::Bypassed { fut },
+        }
+    }
+
+    pub(crate) fn ready(res: Response<ResponseBody<B>>) -> Self {
+        Self {
+            kind: Kind::Ready { res: Some(res) },
+        }
+    }
+
+    pub(crate) fn protected(fut: BoxFlow<B, E>) -> Self {
+        Self {
+            kind: Kind::Protected { fut },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Bypassed { fut } => {
+                let mut res = ready!(fut.poll(cx))?.map(ResponseBody::new);
+                res.extensions_mut().insert(Outcome::Bypassed);
+                Poll::Ready(Ok(res))
+            }
+            KindProj::Ready { res } => {
+                Poll::Ready(Ok(res.take().expect("polled after completion")))
+            }
+            KindProj::Protected { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B: Body, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Bypassed { .. } => "Bypassed",
+            Kind::Ready { .. } => "Ready",
+            Kind::Protected { .. } => "Protected",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}

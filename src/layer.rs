@@ -1,0 +1,378 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, Method, Response, StatusCode, request};
+use tokio_util::task::TaskTracker;
+use tower_layer::Layer;
+
+use crate::fingerprint::Fingerprint;
+use crate::policy;
+use crate::problem::Problem;
+use crate::service::Idempotency;
+
+type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
+type FingerprintFn = Arc<dyn Fn(&request::Parts, &Bytes) -> Fingerprint + Send + Sync>;
+type ProblemFn = Arc<dyn Fn(&Problem) -> Response<Bytes> + Send + Sync>;
+
+/// How requests are fingerprinted.
+#[derive(Clone)]
+pub(crate) enum Fingerprinting {
+    /// SHA-256 over method, path, query, content type and body.
+    Default,
+    /// A user function over the request head and the buffered body.
+    Custom(FingerprintFn),
+    /// No fingerprint; the body is not buffered.
+    Off,
+}
+
+/// Everything the layer was configured with, shared by every service it makes.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) methods: Vec<Method>,
+    pub(crate) header: HeaderName,
+    pub(crate) max_key_len: usize,
+    pub(crate) require_key: bool,
+    pub(crate) scope: Option<ScopeFn>,
+    pub(crate) fingerprint: Fingerprinting,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_response_body: usize,
+    pub(crate) lease: Duration,
+    pub(crate) retry_after: Duration,
+    pub(crate) mismatch_status: StatusCode,
+    pub(crate) wait: Option<Duration>,
+    pub(crate) detach: bool,
+    pub(crate) fail_open: bool,
+    pub(crate) store_timeout: Duration,
+    pub(crate) replayed_header: HeaderName,
+    pub(crate) skipped_headers: Vec<HeaderName>,
+    pub(crate) problem: Option<ProblemFn>,
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            methods: policy::default_methods(),
+            header: HeaderName::from_static("idempotency-key"),
+            max_key_len: 255,
+            require_key: false,
+            scope: None,
+            fingerprint: Fingerprinting::Default,
+            max_request_body: 1024 * 1024,
+            max_response_body: 1024 * 1024,
+            lease: Duration::from_secs(30),
+            retry_after: Duration::from_secs(1),
+            mismatch_status: StatusCode::UNPROCESSABLE_ENTITY,
+            wait: None,
+            detach: true,
+            fail_open: false,
+            store_timeout: Duration::from_secs(2),
+            replayed_header: HeaderName::from_static("idempotent-replayed"),
+            skipped_headers: policy::default_skipped_headers(),
+            problem: None,
+            tasks: TaskTracker::new(),
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn problem_response(&self, problem: &Problem) -> Response<Bytes> {
+        match &self.problem {
+            Some(hook) => hook(problem),
+            None => problem.to_response(),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fingerprint = match self.fingerprint {
+            Fingerprinting::Default => "sha256",
+            Fingerprinting::Custom(_) => "<fn>",
+            Fingerprinting::Off => "off",
+        };
+        f.debug_struct("Config")
+            .field("methods", &self.methods)
+            .field("header", &self.header)
+            .field("max_key_len", &self.max_key_len)
+            .field("require_key", &self.require_key)
+            .field("scope", &self.scope.as_ref().map(|_| "<fn>"))
+            .field("fingerprint", &fingerprint)
+            .field("max_request_body", &self.max_request_body)
+            .field("max_response_body", &self.max_response_body)
+            .field("lease", &self.lease)
+            .field("retry_after", &self.retry_after)
+            .field("mismatch_status", &self.mismatch_status)
+            .field("wait", &self.wait)
+            .field("detach", &self.detach)
+            .field("fail_open", &self.fail_open)
+            .field("store_timeout", &self.store_timeout)
+            .field("replayed_header", &self.replayed_header)
+            .field("skipped_headers", &self.skipped_headers)
+            .field("problem", &self.problem.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+/// Applies [`Idempotency`] to a service: every `POST`/`PATCH` with an `Idempotency-Key` runs at
+/// most once, and retries get the first answer back.
+///
+/// Built with [`new`](Self::new) over a [`Store`](crate::store::Store); every other setting has a
+/// default and a builder method below. Clones share the store and the configuration.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_idempotency::{IdempotencyLayer, store::MemoryStore};
+///
+/// let layer = IdempotencyLayer::new(MemoryStore::new())
+///     .scope(|req| req.headers.get("x-tenant").and_then(|v| v.to_str().ok()).map(String::from))
+///     .lease(Duration::from_secs(60))
+///     .wait_for_in_flight(Duration::from_secs(5));
+/// # let _ = layer;
+/// ```
+#[must_use]
+pub struct IdempotencyLayer<St> {
+    store: Arc<St>,
+    config: Arc<Config>,
+}
+
+impl<St> Clone for IdempotencyLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<St> fmt::Debug for IdempotencyLayer<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("store", &std::any::type_name::<St>())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<St> IdempotencyLayer<St> {
+    /// A layer over `store` with the defaults: `POST` and `PATCH`, header `Idempotency-Key`,
+    /// key optional, no scope, SHA-256 fingerprints over a body of at most 1 MiB, lease 30 s,
+    /// `Retry-After: 1`, `422` on a mismatch, no waiting, detached execution, fail closed,
+    /// store timeout 2 s, responses kept up to 1 MiB.
+    pub fn new(store: St) -> Self {
+        Self {
+            store: Arc::new(store),
+            config: Arc::new(Config::default()),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// The methods to protect (default `POST`, `PATCH`). Others pass through with no store call.
+    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.with(|c| c.methods = methods.into_iter().collect())
+    }
+
+    /// The header that carries the key (default `Idempotency-Key`).
+    pub fn header_name(self, name: HeaderName) -> Self {
+        self.with(|c| c.header = name)
+    }
+
+    /// The longest key accepted, in characters (default 255). Longer keys get `400`.
+    pub fn max_key_len(self, max: usize) -> Self {
+        self.with(|c| c.max_key_len = max)
+    }
+
+    /// Whether a covered request without a key is rejected with `400` (`true`) or passed
+    /// through unprotected (`false`, the default).
+    pub fn require_key(self, required: bool) -> Self {
+        self.with(|c| c.require_key = required)
+    }
+
+    /// Scopes keys by a value of the request, such as the authenticated user or tenant.
+    ///
+    /// # Security
+    ///
+    /// **Multi-user APIs must set a scope.** Without one, keys are global: a client who sends
+    /// another client's key (guessed, leaked or reused) gets that client's stored response. The
+    /// scope is folded into the store key unambiguously, so equal keys under different scopes
+    /// never meet. Return `None` only for requests that have no user.
+    ///
+    /// The function sees the request head, including extensions set by an authentication layer
+    /// that runs before this one:
+    ///
+    /// ```
+    /// # use tower_idempotency::{IdempotencyLayer, store::MemoryStore};
+    /// #[derive(Clone)]
+    /// struct UserId(u64);
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new())
+    ///     .scope(|req| req.extensions.get::<UserId>().map(|u| u.0.to_string()));
+    /// # let _ = layer;
+    /// ```
+    pub fn scope<F>(self, scope: F) -> Self
+    where
+        F: Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.with(|c| c.scope = Some(Arc::new(scope)))
+    }
+
+    /// Replaces the default fingerprint with `f` over the request head and its buffered body.
+    pub fn fingerprint<F>(self, f: F) -> Self
+    where
+        F: Fn(&request::Parts, &Bytes) -> Fingerprint + Send + Sync + 'static,
+    {
+        self.with(|c| c.fingerprint = Fingerprinting::Custom(Arc::new(f)))
+    }
+
+    /// Turns fingerprinting off: a reused key is never a mismatch, and request bodies stream
+    /// to the inner service without being buffered.
+    pub fn no_fingerprint(self) -> Self {
+        self.with(|c| c.fingerprint = Fingerprinting::Off)
+    }
+
+    /// The largest request body buffered for the fingerprint (default 1 MiB); larger bodies get
+    /// `413` and nothing is claimed.
+    pub fn max_request_body(self, bytes: usize) -> Self {
+        self.with(|c| c.max_request_body = bytes)
+    }
+
+    /// The largest response body kept for replay (default 1 MiB). A larger response is streamed
+    /// to the client as it comes, the key is marked completed without the response, and
+    /// retries get a `409` ["response not stored"](crate::problem#response-not-stored) problem.
+    pub fn max_response_body(self, bytes: usize) -> Self {
+        self.with(|c| c.max_response_body = bytes)
+    }
+
+    /// How long a claim lasts without renewal (default 30 s). While the handler runs, the layer
+    /// renews it every third of the lease. A claim whose owner died is free again when its lease
+    /// ends.
+    pub fn lease(self, lease: Duration) -> Self {
+        self.with(|c| c.lease = lease)
+    }
+
+    /// The `Retry-After` of `409` and `503` problems (default 1 s).
+    pub fn retry_after(self, after: Duration) -> Self {
+        self.with(|c| c.retry_after = after)
+    }
+
+    /// The status for a key reused with a different request (default `422`).
+    pub fn mismatch_status(self, status: StatusCode) -> Self {
+        self.with(|c| c.mismatch_status = status)
+    }
+
+    /// Lets a duplicate that arrives while the first request runs wait up to `timeout` for its
+    /// result and answer with the replay instead of a `409` (off by default). If the first
+    /// request's claim is released (a `5xx`, an error), the waiting duplicate claims the key and
+    /// runs. Past the timeout it gets the `409`.
+    pub fn wait_for_in_flight(self, timeout: Duration) -> Self {
+        self.with(|c| c.wait = Some(timeout))
+    }
+
+    /// Whether the inner service runs in a task of its own that finishes and records its result
+    /// even when the client goes away (default `true`).
+    ///
+    /// With `false`, dropping the response future (hyper does when the client disconnects)
+    /// cancels the handler and releases the claim, so a retry runs it again.
+    pub fn detach(self, detach: bool) -> Self {
+        self.with(|c| c.detach = detach)
+    }
+
+    /// Whether a store failure lets the request run unprotected (`true`, with a warning logged)
+    /// instead of answering `503` (`false`, the default).
+    pub fn fail_open(self, fail_open: bool) -> Self {
+        self.with(|c| c.fail_open = fail_open)
+    }
+
+    /// The time limit of every store call (default 2 s). A call that runs out counts as a store
+    /// failure whose effect is unknown.
+    pub fn store_timeout(self, timeout: Duration) -> Self {
+        self.with(|c| c.store_timeout = timeout)
+    }
+
+    /// The header that marks a replay (default `Idempotent-Replayed: true`).
+    pub fn replayed_header(self, name: HeaderName) -> Self {
+        self.with(|c| c.replayed_header = name)
+    }
+
+    /// Replaces the headers never stored for replay (default: hop-by-hop headers, `Set-Cookie`,
+    /// `Date`, `Content-Length`; see [`default_skipped_headers`](crate::policy::default_skipped_headers)).
+    pub fn skipped_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.with(|c| c.skipped_headers = names.into_iter().collect())
+    }
+
+    /// Replaces the layer's [problem](crate::problem) responses with `f`'s.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::Response;
+    /// use tower_idempotency::{IdempotencyLayer, store::MemoryStore};
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new()).problem_response(|problem| {
+    ///     let mut res = Response::new(Bytes::from(problem.title()));
+    ///     *res.status_mut() = problem.status();
+    ///     res
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn problem_response<F>(self, f: F) -> Self
+    where
+        F: Fn(&Problem) -> Response<Bytes> + Send + Sync + 'static,
+    {
+        self.with(|c| c.problem = Some(Arc::new(f)))
+    }
+
+    /// A handle on the handlers running detached, for graceful shutdown.
+    pub fn detached_tasks(&self) -> DetachedTasks {
+        DetachedTasks {
+            tasks: self.config.tasks.clone(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &St {
+        &self.store
+    }
+}
+
+impl<S, St> Layer<S> for IdempotencyLayer<St> {
+    type Service = Idempotency<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency::from_parts(inner, Arc::clone(&self.store), Arc::clone(&self.config))
+    }
+}
+
+/// The handlers a layer runs detached (see [`IdempotencyLayer::detach`]).
+///
+/// On graceful shutdown, stop accepting requests, then [`drain`](Self::drain) so that every
+/// handler that is still running finishes and records its result. Handlers cut off by the
+/// runtime's end keep their claim until the lease runs out; nothing partial is recorded.
+#[derive(Debug, Clone)]
+pub struct DetachedTasks {
+    tasks: TaskTracker,
+}
+
+impl DetachedTasks {
+    /// How many handlers run detached now.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether none runs.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Waits until every handler running detached has finished.
+    pub async fn drain(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.tasks.reopen();
+    }
+}

@@ -1,0 +1,526 @@
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use http::{HeaderValue, Request, Response, request};
+use http_body::Body;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::body::{Buffered, RequestBody, ResponseBody, buffer};
+use crate::extensions::{IdempotencyClaim, Outcome};
+use crate::fingerprint::Fingerprint;
+use crate::future::ResponseFuture;
+use crate::key::{OwnerToken, StoreKey, parse_key};
+use crate::layer::{Config, Fingerprinting, IdempotencyLayer};
+use crate::policy::Disposition;
+use crate::problem::{Problem, ProblemKind};
+use crate::record::Record;
+use crate::store::{Begin, DEFAULT_POLL_INTERVAL, Entry, Store, StoreError, StoreErrorKind};
+
+/// Middleware that runs each keyed request at most once and replays its response to retries.
+///
+/// Made by [`IdempotencyLayer`]; see the [crate docs](crate) for the flow.
+pub struct Idempotency<S, St> {
+    inner: S,
+    store: Arc<St>,
+    config: Arc<Config>,
+}
+
+impl<S, St> Idempotency<S, St> {
+    pub(crate) fn from_parts(inner: S, store: Arc<St>, config: Arc<Config>) -> Self {
+        Self {
+            inner,
+            store,
+            config,
+        }
+    }
+
+    /// A layer over `store`, as [`IdempotencyLayer::new`].
+    pub fn layer(store: St) -> IdempotencyLayer<St> {
+        IdempotencyLayer::new(store)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, St> Clone for Idempotency<S, St> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            store: Arc::clone(&self.store),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S: fmt::Debug, St> fmt::Debug for Idempotency<S, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("inner", &self.inner)
+            .field("store", &std::any::type_name::<St>())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S, St>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: Store,
+    ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Send,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Send,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        if !config.methods.contains(req.method()) {
+            return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
+        }
+        let key = match parse_key(req.headers(), &config.header, config.max_key_len) {
+            Ok(Some(key)) => key,
+            Ok(None) if !config.require_key => {
+                return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
+            }
+            Ok(None) => return ResponseFuture::ready(problem(config, ProblemKind::MissingKey)),
+            Err(e) => return ResponseFuture::ready(problem(config, ProblemKind::InvalidKey(e))),
+        };
+        // The instance that was polled ready goes with the request.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let flow = Flow {
+            store: Arc::clone(&self.store),
+            config: Arc::clone(config),
+        };
+        ResponseFuture::protected(Box::pin(flow.run(inner, req, key)))
+    }
+}
+
+/// One protected request's way through the layer.
+struct Flow<St> {
+    store: Arc<St>,
+    config: Arc<Config>,
+}
+
+impl<St> Clone for Flow<St> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// Where the claim left the request.
+enum Claim {
+    /// This request owns the key.
+    Owner,
+    /// An earlier execution's record, to replay.
+    Replay(Record),
+    /// Answered with a problem, without running.
+    Problem(ProblemKind),
+    /// The store failed and the layer fails open.
+    Unprotected,
+}
+
+/// Someone else's entry for the key.
+enum Found {
+    Completed(Record),
+    InProgress(Option<Fingerprint>),
+}
+
+type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
+
+impl<St: Store> Flow<St> {
+    async fn run<S, ReqBody, ResBody>(
+        self,
+        mut inner: S,
+        req: Request<ReqBody>,
+        key: String,
+    ) -> Answer<ResBody, S::Error>
+    where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Body + Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Error: Send,
+    {
+        let (mut parts, body) = req.into_parts();
+        let scope = self.config.scope.as_ref().and_then(|f| f(&parts));
+        let key = StoreKey::new(scope.as_deref(), &key);
+        let (body, fingerprint) = match self.fingerprint(&parts, body).await {
+            Ok(read) => read,
+            Err(kind) => return Ok(problem(&self.config, kind)),
+        };
+        let token = OwnerToken::generate();
+        match self.claim(&key, fingerprint.as_ref(), token).await {
+            Claim::Owner => {}
+            Claim::Replay(record) => return Ok(self.replay(&key, &record)),
+            Claim::Problem(kind) => return Ok(problem(&self.config, kind)),
+            Claim::Unprotected => {
+                tracing::warn!(key = %key.key(), "idempotency store failed; running unprotected");
+                let res = inner.call(Request::from_parts(parts, body)).await?;
+                let mut res = res.map(ResponseBody::new);
+                res.extensions_mut().insert(Outcome::Unprotected);
+                return Ok(res);
+            }
+        }
+        parts
+            .extensions
+            .insert(IdempotencyClaim::new(key.clone(), token));
+        let req = Request::from_parts(parts, body);
+        let owner = Owner {
+            flow: self.clone(),
+            key,
+            token,
+            fingerprint,
+            armed: true,
+        };
+        if !self.config.detach {
+            return owner.execute(inner, req).await;
+        }
+        match self.config.tasks.spawn(owner.execute(inner, req)).await {
+            Ok(answer) => answer,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Ok(problem(&self.config, ProblemKind::ShuttingDown)),
+        }
+    }
+
+    /// Buffers the body and fingerprints the request, unless fingerprints are off.
+    async fn fingerprint<B: Body>(
+        &self,
+        parts: &request::Parts,
+        body: B,
+    ) -> Result<(RequestBody<B>, Option<Fingerprint>), ProblemKind> {
+        let limit = self.config.max_request_body;
+        let custom = match &self.config.fingerprint {
+            Fingerprinting::Off => return Ok((RequestBody::new(body), None)),
+            Fingerprinting::Default => None,
+            Fingerprinting::Custom(f) => Some(f),
+        };
+        match buffer(body, limit).await {
+            Buffered::Complete { data, trailers } => {
+                let fingerprint = match custom {
+                    Some(f) => f(parts, &data),
+                    None => Fingerprint::of_request(parts, &data),
+                };
+                Ok((RequestBody::buffered(data, trailers), Some(fingerprint)))
+            }
+            Buffered::Overflow { .. } => Err(ProblemKind::BodyTooLarge { limit }),
+            Buffered::Failed { .. } => Err(ProblemKind::UnreadableBody),
+        }
+    }
+
+    /// Claims the key, or finds out who has it.
+    async fn claim(
+        &self,
+        key: &StoreKey,
+        fingerprint: Option<&Fingerprint>,
+        token: OwnerToken,
+    ) -> Claim {
+        let deadline = self.config.wait.map(|wait| Instant::now() + wait);
+        loop {
+            let begin = self.store.begin(key, fingerprint, token, self.config.lease);
+            let found = match self.bounded(begin).await {
+                Ok(Begin::New) => return Claim::Owner,
+                Ok(Begin::Completed(record)) => Found::Completed(record),
+                Ok(Begin::InProgress { fingerprint }) => Found::InProgress(fingerprint),
+                Err(e) => match self.resolve(key, token, e).await {
+                    Ok(Some(found)) => found,
+                    Ok(None) => return Claim::Owner,
+                    Err(e) => return self.store_failed(key, e),
+                },
+            };
+            let theirs = match &found {
+                Found::Completed(record) => record.fingerprint(),
+                Found::InProgress(theirs) => theirs.as_ref(),
+            };
+            if !same_request(theirs, fingerprint) {
+                return Claim::Problem(ProblemKind::Mismatch);
+            }
+            if let Found::Completed(record) = found {
+                return Claim::Replay(record);
+            }
+            let now = Instant::now();
+            match deadline {
+                Some(deadline) if now < deadline => {
+                    let wait = self.store.wait(key, deadline - now);
+                    if let Err(e) = self.bounded_by(deadline - now, wait).await {
+                        tracing::debug!(error = %e, "waiting for the owner failed");
+                        let pause = deadline.min(now + DEFAULT_POLL_INTERVAL);
+                        tokio::time::sleep_until(pause).await;
+                    }
+                }
+                _ => return Claim::Problem(ProblemKind::InProgress),
+            }
+        }
+    }
+
+    /// After a failed `begin`, whose effect may be unknown: looks whether the claim landed.
+    ///
+    /// `Ok(None)` means the claim is ours; `Ok(Some(found))` is someone else's entry.
+    async fn resolve(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+        error: StoreError,
+    ) -> Result<Option<Found>, StoreError> {
+        if !error.kind().is_ambiguous() {
+            return Err(error);
+        }
+        tracing::debug!(error = %error, "begin failed; reading the key back");
+        match self.bounded(self.store.get(key)).await {
+            Ok(Some(Entry::InProgress { token: t, .. })) if t == token => Ok(None),
+            Ok(Some(Entry::InProgress { fingerprint, .. })) => {
+                Ok(Some(Found::InProgress(fingerprint)))
+            }
+            Ok(Some(Entry::Completed(record))) => Ok(Some(Found::Completed(record))),
+            // The claim did not land, or the store cannot say: nothing ran, fail as asked.
+            Ok(None) | Err(_) => Err(error),
+        }
+    }
+
+    fn store_failed(&self, key: &StoreKey, error: StoreError) -> Claim {
+        if self.config.fail_open && error.kind() != StoreErrorKind::Corrupt {
+            return Claim::Unprotected;
+        }
+        tracing::warn!(key = %key.key(), error = %error, "idempotency store failed; answering 503");
+        Claim::Problem(ProblemKind::StoreUnavailable)
+    }
+
+    /// The stored response, marked as a replay.
+    fn replay<B: Body>(&self, key: &StoreKey, record: &Record) -> Response<ResponseBody<B>> {
+        let stored = match record.response() {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return problem(&self.config, ProblemKind::ResponseNotStored),
+            Err(e) => {
+                tracing::error!(key = %key.key(), error = %e, "stored record is unreadable");
+                return problem(&self.config, ProblemKind::StoreUnavailable);
+            }
+        };
+        let mut res = Response::new(ResponseBody::full(stored.body, stored.trailers));
+        *res.status_mut() = stored.status;
+        *res.headers_mut() = stored.headers;
+        res.headers_mut().insert(
+            self.config.replayed_header.clone(),
+            HeaderValue::from_static("true"),
+        );
+        res.extensions_mut().insert(Outcome::Replayed);
+        res
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.bounded_by(self.config.store_timeout, op).await
+    }
+
+    async fn bounded_by<T>(
+        &self,
+        limit: Duration,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(limit, op).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::new(StoreErrorKind::Timeout)),
+        }
+    }
+}
+
+/// The request owns the key: runs it and settles the claim.
+struct Owner<St: Store> {
+    flow: Flow<St>,
+    key: StoreKey,
+    token: OwnerToken,
+    fingerprint: Option<Fingerprint>,
+    /// Whether dropping `self` must release the claim (the run was cut off).
+    armed: bool,
+}
+
+impl<St: Store> Owner<St> {
+    async fn execute<S, ReqBody, ResBody>(
+        mut self,
+        mut inner: S,
+        req: Request<RequestBody<ReqBody>>,
+    ) -> Answer<ResBody, S::Error>
+    where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+        ResBody: Body,
+    {
+        let call = AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind();
+        let res = match self.renewing(call).await {
+            Err(panic) => {
+                self.release("the handler panicked").await;
+                std::panic::resume_unwind(panic)
+            }
+            Ok(Err(e)) => {
+                self.release("the handler failed").await;
+                return Err(e);
+            }
+            Ok(Ok(res)) => res,
+        };
+        let (mut parts, body) = res.into_parts();
+        let disposition = parts
+            .extensions
+            .get::<Disposition>()
+            .copied()
+            .unwrap_or_else(|| Disposition::for_status(parts.status));
+        parts.extensions.insert(Outcome::Executed);
+        if disposition == Disposition::Release {
+            self.release("the response is retryable").await;
+            return Ok(Response::from_parts(parts, ResponseBody::new(body)));
+        }
+        let config = Arc::clone(&self.flow.config);
+        let body = match self.renewing(buffer(body, config.max_response_body)).await {
+            Buffered::Complete { data, trailers } => {
+                let skip = |name: &http::HeaderName| !config.skipped_headers.contains(name);
+                let record = Record::filtered(
+                    self.fingerprint,
+                    parts.status,
+                    &parts.headers,
+                    &skip,
+                    &data,
+                    trailers.as_ref(),
+                );
+                self.complete(&record).await;
+                ResponseBody::full(data, trailers)
+            }
+            Buffered::Overflow { prefix, rest } => {
+                self.complete(&Record::not_stored(self.fingerprint)).await;
+                ResponseBody::chained(prefix, rest)
+            }
+            Buffered::Failed { prefix, error } => {
+                self.release("the response body failed").await;
+                ResponseBody::failed(prefix, error)
+            }
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Runs `fut` while renewing the lease every third of it.
+    async fn renewing<F: Future>(&self, fut: F) -> F::Output {
+        let config = &self.flow.config;
+        let period = (config.lease / 3).max(Duration::from_millis(1));
+        let renew = async {
+            let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+            loop {
+                ticks.tick().await;
+                let renew = self.flow.store.renew(&self.key, self.token, config.lease);
+                if let Err(e) = self.flow.bounded(renew).await {
+                    tracing::warn!(key = %self.key.key(), error = %e, "renewing the lease failed");
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            out = fut => out,
+            () = renew => unreachable!("renewal never ends"),
+        }
+    }
+
+    /// Records the result; on failure the response still goes out and the lease runs out.
+    async fn complete(&mut self, record: &Record) {
+        self.armed = false;
+        let flow = &self.flow;
+        if let Err(e) = flow
+            .bounded(flow.store.complete(&self.key, self.token, record))
+            .await
+        {
+            tracing::error!(
+                key = %self.key.key(),
+                error = %e,
+                "recording the response failed; retries get 409 until the lease runs out"
+            );
+        }
+    }
+
+    async fn release(&mut self, why: &'static str) {
+        self.armed = false;
+        tracing::debug!(key = %self.key.key(), why, "releasing the claim");
+        let flow = &self.flow;
+        if let Err(e) = flow
+            .bounded(flow.store.release(&self.key, self.token))
+            .await
+        {
+            tracing::warn!(key = %self.key.key(), error = %e, "releasing the claim failed");
+        }
+    }
+}
+
+impl<St: Store> Drop for Owner<St> {
+    /// A run cut off before it settled (the response future dropped with `detach(false)`):
+    /// release the claim so that a retry runs again.
+    fn drop(&mut self) {
+        if !self.armed || std::thread::panicking() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key, token) = (Arc::clone(&self.flow.store), self.key.clone(), self.token);
+        let timeout = self.flow.config.store_timeout;
+        handle.spawn(async move {
+            let _ = tokio::time::timeout(timeout, store.release(&key, token)).await;
+        });
+    }
+}
+
+/// Whether two fingerprints allow a replay: equal, or one side has none.
+fn same_request(stored: Option<&Fingerprint>, ours: Option<&Fingerprint>) -> bool {
+    match (stored, ours) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// A problem as the layer's response.
+pub(crate) fn problem<B: Body>(config: &Config, kind: ProblemKind) -> Response<ResponseBody<B>> {
+    let problem = Problem::new(kind, config.mismatch_status, config.retry_after);
+    let outcome = match kind {
+        ProblemKind::InProgress => Outcome::Conflict,
+        ProblemKind::Mismatch => Outcome::Mismatch,
+        ProblemKind::ResponseNotStored => Outcome::NotStored,
+        ProblemKind::StoreUnavailable | ProblemKind::ShuttingDown => Outcome::StoreUnavailable,
+        _ => Outcome::Rejected,
+    };
+    let mut res = config
+        .problem_response(&problem)
+        .map(|b| ResponseBody::full(b, None));
+    res.extensions_mut().insert(outcome);
+    res
+}
