@@ -1,6 +1,9 @@
 //! `RedisStore` against real servers: the store contract on a single node (multiplexed
 //! connection), through a `ConnectionManager` and on a three-primary cluster, then what is
 //! specific to Redis (value layout, expiry, hash tags, foreign values, configuration check).
+//!
+//! Single-node tests use the shared server at `REDIS_URL`, each under a prefix of its own; the
+//! cluster and the tests that change the server's configuration start private servers.
 
 mod support;
 
@@ -16,9 +19,12 @@ use tower_idempotency::store::{
     StoreKey,
 };
 
-use support::redis::{RedisCluster, RedisServer, unique_prefix};
+use support::redis::{
+    RedisCluster, RedisServer, shared_connection, shared_connection_manager, unique_prefix,
+};
 
-const TTL: Duration = Duration::from_secs(3600);
+/// Short enough that what the tests leave on the shared server goes away soon.
+const TTL: Duration = Duration::from_secs(60);
 const LEASE: Duration = Duration::from_secs(30);
 
 fn record(fp: Option<Fingerprint>, body: &'static [u8]) -> Record {
@@ -273,15 +279,14 @@ async fn wait_contract<S: Store>(store: &S, scope: &str) {
 
 #[tokio::test]
 async fn contract_on_multiplexed_connection() {
-    let server = RedisServer::start();
-    let store = RedisStore::new(server.connection().await, TTL);
+    let store =
+        RedisStore::new(shared_connection().await, TTL).with_prefix(unique_prefix("multiplexed"));
     contract(&store, "multiplexed").await;
 }
 
 #[tokio::test]
 async fn contract_on_connection_manager() {
-    let server = RedisServer::start();
-    let store = RedisStore::new(server.connection_manager().await, TTL)
+    let store = RedisStore::new(shared_connection_manager().await, TTL)
         .with_prefix(unique_prefix("manager"));
     contract(&store, "manager").await;
 }
@@ -323,20 +328,25 @@ async fn contract_on_cluster() {
 
 #[tokio::test]
 async fn contract_through_box_store() {
-    let server = RedisServer::start();
-    let store = BoxStore::new(RedisStore::new(server.connection().await, TTL));
+    let store = BoxStore::new(
+        RedisStore::new(shared_connection().await, TTL).with_prefix(unique_prefix("boxed")),
+    );
     contract(&store, "boxed").await;
 }
 
 /// The stored values follow the documented layout, with the lease and the TTL as expiry.
 #[tokio::test]
 async fn value_layout_and_expiry() {
-    let server = RedisServer::start();
-    let store = RedisStore::new(server.connection().await, TTL);
-    let mut raw = server.connection().await;
+    let prefix = unique_prefix("layout");
+    let store = RedisStore::new(shared_connection().await, TTL).with_prefix(&prefix);
+    let mut raw = shared_connection().await;
     let key = StoreKey::new(None, "layout");
     let redis_key = store.redis_key(&key);
-    assert_eq!(redis_key, format!("idem:{{{}}}", key.to_hex()));
+    assert_eq!(redis_key, format!("{prefix}{{{}}}", key.to_hex()));
+    assert_eq!(
+        RedisStore::new((), TTL).redis_key(&key),
+        format!("idem:{{{}}}", key.to_hex())
+    );
     let fp = Fingerprint::sha256(b"fp");
     let owner = OwnerToken::generate();
 
@@ -357,24 +367,24 @@ async fn value_layout_and_expiry() {
     expected.extend_from_slice(rec.as_bytes());
     assert_eq!(value, expected);
     let pttl: i64 = raw.pttl(&redis_key).await.unwrap();
-    assert!((3_599_000..=3_600_000).contains(&pttl), "{pttl}");
+    assert!((59_000..=60_000).contains(&pttl), "{pttl}");
 
     // The store writes no other key.
-    let keys: Vec<String> = raw.keys("*").await.unwrap();
+    let keys: Vec<String> = raw.keys(format!("{prefix}*")).await.unwrap();
     assert_eq!(keys, [redis_key]);
 }
 
 /// Values the store did not write are reported, never overwritten or handed out as records.
 #[tokio::test]
 async fn foreign_values_are_not_overwritten() {
-    let server = RedisServer::start();
-    let store = RedisStore::new(server.connection().await, TTL);
-    let mut raw = server.connection().await;
+    let store =
+        RedisStore::new(shared_connection().await, TTL).with_prefix(unique_prefix("foreign"));
+    let mut raw = shared_connection().await;
     let token = OwnerToken::generate();
 
     let key = StoreKey::new(None, "string");
     let () = raw
-        .set(store.redis_key(&key), "another application's value")
+        .set_ex(store.redis_key(&key), "another application's value", 60)
         .await
         .unwrap();
     let corrupt = |e: tower_idempotency::store::StoreError| {
@@ -393,13 +403,14 @@ async fn foreign_values_are_not_overwritten() {
     let mut value = vec![1, 2];
     value.extend_from_slice(&token.to_bytes());
     value.extend_from_slice(b"TI\x09garbage");
-    let () = raw.set(store.redis_key(&key), value).await.unwrap();
+    let () = raw.set_ex(store.redis_key(&key), value, 60).await.unwrap();
     corrupt(store.get(&key).await.unwrap_err());
     corrupt(store.begin(&key, None, token, LEASE).await.unwrap_err());
 
     // A key of another type: the server's WRONGTYPE error.
     let key = StoreKey::new(None, "list");
     let () = raw.rpush(store.redis_key(&key), "x").await.unwrap();
+    let () = raw.expire(store.redis_key(&key), 60).await.unwrap();
     let e = store.begin(&key, None, token, LEASE).await.unwrap_err();
     assert_eq!(e.kind(), StoreErrorKind::Other);
     assert_eq!(
@@ -410,10 +421,10 @@ async fn foreign_values_are_not_overwritten() {
 
 #[tokio::test]
 async fn prefixes_keep_stores_apart() {
-    let server = RedisServer::start();
-    let connection = server.connection().await;
-    let a = RedisStore::new(connection.clone(), TTL).with_prefix("svc-a:");
-    let b = RedisStore::new(connection, TTL).with_prefix("svc-b:");
+    let connection = shared_connection().await;
+    let prefix = unique_prefix("apart");
+    let a = RedisStore::new(connection.clone(), TTL).with_prefix(format!("{prefix}svc-a:"));
+    let b = RedisStore::new(connection, TTL).with_prefix(format!("{prefix}svc-b:"));
     let key = StoreKey::new(None, "shared-key");
     let ta = OwnerToken::generate();
     let tb = OwnerToken::generate();
@@ -421,7 +432,7 @@ async fn prefixes_keep_stores_apart() {
     assert_eq!(b.begin(&key, None, tb, LEASE).await.unwrap(), Begin::New);
     assert_eq!(a.get(&key).await.unwrap(), in_progress(ta, None));
     assert_eq!(b.get(&key).await.unwrap(), in_progress(tb, None));
-    assert!(a.redis_key(&key).starts_with("svc-a:{"));
+    assert!(a.redis_key(&key).starts_with(&format!("{prefix}svc-a:{{")));
 }
 
 /// A `tracing` subscriber that writes into a buffer, installed for the current thread.

@@ -352,6 +352,30 @@ impl RedisCluster {
     }
 }
 
+/// The shared server tests may use: `REDIS_URL`, by default `redis://127.0.0.1:6379`. Tests on it
+/// keep to their own [`unique_prefix`] and never flush it.
+pub fn shared_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| String::from("redis://127.0.0.1:6379"))
+}
+
+/// A new multiplexed connection to the shared server.
+pub async fn shared_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(shared_url())
+        .expect("a valid REDIS_URL")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {} (set REDIS_URL): {e}", shared_url()))
+}
+
+/// A new connection manager on the shared server.
+pub async fn shared_connection_manager() -> redis::aio::ConnectionManager {
+    redis::Client::open(shared_url())
+        .expect("a valid REDIS_URL")
+        .get_connection_manager()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {} (set REDIS_URL): {e}", shared_url()))
+}
+
 /// A prefix no other test run uses, for tests on a shared server.
 pub fn unique_prefix(test: &str) -> String {
     format!(
