@@ -39,10 +39,10 @@ mod noop;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub use noop::NoOpStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{ConfigReport, RedisStore};
+pub use noop::NoOpStore;
 
 /// What [`Store::begin`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,129 +1,4 @@
-//! [`RedisStore`]: claims and records in Redis or Redis Cluster, shared by many app instances.
-//!
-//! The store works over any async connection of the [`redis`](::redis) crate that implements
-//! [`ConnectionLike`] and is cheap to clone:
-//!
-//! - [`MultiplexedConnection`](::redis::aio::MultiplexedConnection): one pipelined connection to
-//!   one node; it does not reconnect by itself;
-//! - [`ConnectionManager`](::redis::aio::ConnectionManager): the same, reconnecting in the
-//!   background after the connection breaks (what most single-node deployments want). On RESP2
-//!   it notices a broken connection only when a command fails, so one operation per break fails
-//!   (ambiguously; the layer answers `503`); on RESP3 (`redis://host/?protocol=resp3`) it hears
-//!   the disconnect and reconnects before the next command;
-//! - [`ClusterConnection`](::redis::cluster_async::ClusterConnection): Redis Cluster; every key
-//!   of one record lives in one hash slot, so every operation is a single-slot script.
-//!
-//! # Example
-//!
-//! ```no_run
-//! use std::time::Duration;
-//!
-//! use tower_idempotency::store::RedisStore;
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = redis::Client::open("redis://127.0.0.1:6379")?;
-//! let connection = client.get_connection_manager().await?;
-//! // Completed responses are kept for 24 hours.
-//! let store = RedisStore::new(connection, Duration::from_secs(24 * 60 * 60))
-//!     .with_prefix("billing:idem:");
-//! // Once at startup: warns when the server may evict claims or records.
-//! store.check_config().await?;
-//! # let _ = store;
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! # Keys
-//!
-//! Every record is one Redis string under
-//!
-//! ```text
-//! {prefix}{<64 hex digits of StoreKey::digest()>}
-//! ```
-//!
-//! for example `idem:{9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08}`. The
-//! prefix defaults to `idem:` ([`RedisStore::with_prefix`]). The braces are a Redis Cluster *hash
-//! tag*: the slot is computed from the digest alone. The digest is SHA-256 over the scope and the
-//! client's key ([`StoreKey`]), so clients cannot choose the slot, make keys longer than 64 + prefix
-//! bytes, or inject separators. The store uses no other key.
-//!
-//! # Value layout, version 1
-//!
-//! | bytes | field |
-//! | --- | --- |
-//! | 1 | layout version, `1` |
-//! | 1 | state: `1` claimed (in progress), `2` completed |
-//! | 16 | owner token ([`OwnerToken::to_bytes`], big-endian) |
-//! | 0 or 32 | claimed: the fingerprint, when the claim has one |
-//! | … | completed: the [`Record`] encoding (see [`crate::record`]) |
-//!
-//! A claim is 18 or 50 bytes and expires with its lease (`PX`). A completed value keeps the
-//! owner's token, so that a `complete` the driver sends twice is recognised, and expires after the
-//! store's retention time. A value that does not follow this layout reads as
-//! [`StoreErrorKind::Corrupt`] and is never overwritten by `begin`.
-//!
-//! # Commands
-//!
-//! Each operation is **one command, one round trip**:
-//!
-//! | operation | command | what runs on the server |
-//! | --- | --- | --- |
-//! | `begin` | `EVALSHA` | `GET`; `SET … PX` when free or already held by the same token; else returns the value |
-//! | `complete` | `EVALSHA` | `GETRANGE 0 17` (owner check); `SET … PX <ttl>` |
-//! | `release` | `EVALSHA` | `GETRANGE 0 17`; `DEL` |
-//! | `renew` | `EVALSHA` | `GETRANGE 0 17`; `PEXPIRE` |
-//! | `get` | `GET` | |
-//!
-//! A `begin` on a completed key returns the record in the same reply, so a replay costs one
-//! round trip. Scripts run by SHA ([`Script`]); after `SCRIPT FLUSH` or a restart, the first call
-//! gets `NOSCRIPT`, loads the script and runs it again (three round trips, once per script and
-//! node). Owner checks compare the stored token inside the script, so they are atomic.
-//!
-//! `begin` by a token that already holds the claim answers [`Begin::New`] again, and `complete`
-//! by the token that already completed the key succeeds: a command re-sent after a lost reply is
-//! harmless. A re-sent `release` that already took effect fails with
-//! [`StoreErrorKind::NotOwner`] (the claim is gone), which the layer only logs.
-//!
-//! # Waiting
-//!
-//! [`Store::wait`] polls with `GET` every [poll interval](RedisStore::with_poll_interval)
-//! (default [`DEFAULT_POLL_INTERVAL`]) until the claim has ended or the timeout has passed. It
-//! does not use pub/sub: subscribing through the connection types above needs RESP3 and a push
-//! sender configured when the user builds the connection, and sharded pub/sub on a cluster needs
-//! a subscription on the node that owns the slot. Polling works the same on all three, survives
-//! reconnects without losing a notification, and costs one `GET` per waiter and interval.
-//!
-//! # Durability
-//!
-//! Exactly one execution per key holds as long as Redis keeps what it acknowledged. Where it does
-//! not, a retry can run the request a second time:
-//!
-//! - **No persistence.** A restart of a server without AOF/RDB forgets every claim and record:
-//!   requests in flight and completed ones can run again. Use `appendonly yes` (with
-//!   `appendfsync everysec` up to one second of acknowledged writes can still be lost on a
-//!   crash of the host, `always` closes that gap at a cost).
-//! - **Failover.** Replication is asynchronous. A primary that acknowledged a claim or a record
-//!   and failed before the replica received it is replaced by a replica that never saw it. This
-//!   store does not issue `WAIT` (it would add a round trip to every operation and still not make
-//!   failover safe: `WAIT` does not roll back a write that was acknowledged by fewer replicas).
-//!   Expect a small window of duplicates around a failover.
-//! - **Eviction.** Every key of this store has a TTL, so both `allkeys-*` and `volatile-*`
-//!   policies may evict claims and records when memory runs out; an evicted record is a second
-//!   execution waiting to happen. Only `maxmemory-policy noeviction` (or no `maxmemory`) is safe:
-//!   then a full server refuses writes, `begin` fails, and the layer answers `503` instead of
-//!   running the request unprotected. [`RedisStore::check_config`] checks this at startup.
-//! - **Ambiguous errors.** A timeout or a broken connection says nothing about whether the
-//!   command ran ([`StoreErrorKind::is_ambiguous`]): a timed-out `begin` may have claimed the key.
-//!   The claim then expires with its lease; until then retries get `409`.
-//!
-//! # Errors
-//!
-//! | redis error | [`StoreErrorKind`] |
-//! | --- | --- |
-//! | I/O timeout (the connection's response timeout) | `Timeout` |
-//! | other I/O errors, dropped or refused connections, `LOADING`, `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `READONLY`, redirections, no connection to the slot's node | `Unavailable` |
-//! | script errors, `WRONGTYPE`, `OOM`, authentication, anything else | `Other` |
-//! | a value that is not in the layout above | `Corrupt` |
+//! The Redis store; everything about it is documented on [`RedisStore`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -211,10 +86,136 @@ return 0
     )
 });
 
-/// A [`Store`] in Redis or Redis Cluster, generic over the connection type.
+/// A [`Store`] in Redis or Redis Cluster, generic over the connection type: claims and records
+/// shared by many app instances.
 ///
-/// See the [module docs](self) for keys, encoding, commands and durability. Cloning is cheap: the
-/// clone shares the connection (as the connection types' own `Clone` does).
+/// The store works over any async connection of the [`redis`](::redis) crate that implements
+/// [`ConnectionLike`] and is cheap to clone:
+///
+/// - [`MultiplexedConnection`](::redis::aio::MultiplexedConnection): one pipelined connection to
+///   one node; it does not reconnect by itself;
+/// - [`ConnectionManager`](::redis::aio::ConnectionManager): the same, reconnecting in the
+///   background after the connection breaks (what most single-node deployments want). On RESP2
+///   it notices a broken connection only when a command fails, so one operation per break fails
+///   (ambiguously; the layer answers `503`); on RESP3 (`redis://host/?protocol=resp3`) it hears
+///   the disconnect and reconnects before the next command;
+/// - [`ClusterConnection`](::redis::cluster_async::ClusterConnection): Redis Cluster; every key
+///   of one record lives in one hash slot, so every operation is a single-slot script.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use tower_idempotency::store::RedisStore;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+/// let connection = client.get_connection_manager().await?;
+/// // Completed responses are kept for 24 hours.
+/// let store = RedisStore::new(connection, Duration::from_secs(24 * 60 * 60))
+///     .with_prefix("billing:idem:");
+/// // Once at startup: warns when the server may evict claims or records.
+/// store.check_config().await?;
+/// let layer = tower_idempotency::IdempotencyLayer::new(store);
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Keys
+///
+/// Every record is one Redis string under
+///
+/// ```text
+/// {prefix}{<64 hex digits of StoreKey::digest()>}
+/// ```
+///
+/// for example `idem:{9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08}`. The
+/// prefix defaults to `idem:` ([`RedisStore::with_prefix`]). The braces are a Redis Cluster *hash
+/// tag*: the slot is computed from the digest alone. The digest is SHA-256 over the scope and the
+/// client's key ([`StoreKey`]), so clients cannot choose the slot, make keys longer than 64 + prefix
+/// bytes, or inject separators. The store uses no other key.
+///
+/// # Value layout, version 1
+///
+/// | bytes | field |
+/// | --- | --- |
+/// | 1 | layout version, `1` |
+/// | 1 | state: `1` claimed (in progress), `2` completed |
+/// | 16 | owner token ([`OwnerToken::to_bytes`], big-endian) |
+/// | 0 or 32 | claimed: the fingerprint, when the claim has one |
+/// | … | completed: the [`Record`] encoding (see [`crate::record`]) |
+///
+/// A claim is 18 or 50 bytes and expires with its lease (`PX`). A completed value keeps the
+/// owner's token, so that a `complete` the driver sends twice is recognised, and expires after the
+/// store's retention time. A value that does not follow this layout reads as
+/// [`StoreErrorKind::Corrupt`] and is never overwritten by `begin`.
+///
+/// # Commands
+///
+/// Each operation is **one command, one round trip**:
+///
+/// | operation | command | what runs on the server |
+/// | --- | --- | --- |
+/// | `begin` | `EVALSHA` | `GET`; `SET … PX` when free or already held by the same token; else returns the value |
+/// | `complete` | `EVALSHA` | `GETRANGE 0 17` (owner check); `SET … PX <ttl>` |
+/// | `release` | `EVALSHA` | `GETRANGE 0 17`; `DEL` |
+/// | `renew` | `EVALSHA` | `GETRANGE 0 17`; `PEXPIRE` |
+/// | `get` | `GET` | |
+///
+/// A `begin` on a completed key returns the record in the same reply, so a replay costs one
+/// round trip. Scripts run by SHA ([`Script`]); after `SCRIPT FLUSH` or a restart, the first call
+/// gets `NOSCRIPT`, loads the script and runs it again (three round trips, once per script and
+/// node). Owner checks compare the stored token inside the script, so they are atomic.
+///
+/// `begin` by a token that already holds the claim answers [`Begin::New`] again, and `complete`
+/// by the token that already completed the key succeeds: a command re-sent after a lost reply is
+/// harmless. A re-sent `release` that already took effect fails with
+/// [`StoreErrorKind::NotOwner`] (the claim is gone), which the layer only logs.
+///
+/// # Waiting
+///
+/// [`Store::wait`] polls with `GET` every [poll interval](RedisStore::with_poll_interval)
+/// (default [`DEFAULT_POLL_INTERVAL`]) until the claim has ended or the timeout has passed. It
+/// does not use pub/sub: subscribing through the connection types above needs RESP3 and a push
+/// sender configured when the user builds the connection, and sharded pub/sub on a cluster needs
+/// a subscription on the node that owns the slot. Polling works the same on all three, survives
+/// reconnects without losing a notification, and costs one `GET` per waiter and interval.
+///
+/// # Durability
+///
+/// Exactly one execution per key holds as long as Redis keeps what it acknowledged. Where it does
+/// not, a retry can run the request a second time:
+///
+/// - **No persistence.** A restart of a server without AOF/RDB forgets every claim and record:
+///   requests in flight and completed ones can run again. Use `appendonly yes` (with
+///   `appendfsync everysec` up to one second of acknowledged writes can still be lost on a
+///   crash of the host, `always` closes that gap at a cost).
+/// - **Failover.** Replication is asynchronous. A primary that acknowledged a claim or a record
+///   and failed before the replica received it is replaced by a replica that never saw it. This
+///   store does not issue `WAIT` (it would add a round trip to every operation and still not make
+///   failover safe: `WAIT` does not roll back a write that was acknowledged by fewer replicas).
+///   Expect a small window of duplicates around a failover.
+/// - **Eviction.** Every key of this store has a TTL, so both `allkeys-*` and `volatile-*`
+///   policies may evict claims and records when memory runs out; an evicted record is a second
+///   execution waiting to happen. Only `maxmemory-policy noeviction` (or no `maxmemory`) is safe:
+///   then a full server refuses writes, `begin` fails, and the layer answers `503` instead of
+///   running the request unprotected. [`RedisStore::check_config`] checks this at startup.
+/// - **Ambiguous errors.** A timeout or a broken connection says nothing about whether the
+///   command ran ([`StoreErrorKind::is_ambiguous`]): a timed-out `begin` may have claimed the key.
+///   The claim then expires with its lease; until then retries get `409`.
+///
+/// # Errors
+///
+/// | redis error | [`StoreErrorKind`] |
+/// | --- | --- |
+/// | I/O timeout (the connection's response timeout) | `Timeout` |
+/// | other I/O errors, dropped or refused connections, `LOADING`, `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `READONLY`, redirections, no connection to the slot's node | `Unavailable` |
+/// | script errors, `WRONGTYPE`, `OOM`, authentication, anything else | `Other` |
+/// | a value that is not in the layout above | `Corrupt` |
+///
+/// Cloning is cheap: the clone shares the connection (as the connection types' own `Clone` does).
 #[derive(Clone)]
 pub struct RedisStore<C> {
     connection: C,
@@ -511,7 +512,7 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX).clamp(1, MAX_PX)
 }
 
-/// Decodes a stored value (see the layout in the module docs).
+/// Decodes a stored value (see the layout in the docs of [`RedisStore`]).
 fn decode(value: Bytes) -> Result<Entry, StoreError> {
     if value.len() < HEADER_LEN {
         return Err(corrupt("shorter than its header"));
@@ -589,7 +590,7 @@ fn map_error(e: RedisError) -> StoreError {
     StoreError::with_source(kind, e)
 }
 
-// The store works over the three connection types the module docs name.
+// The store works over the three connection types its docs name.
 const _: fn() = || {
     fn assert_store<S: Store + Clone + fmt::Debug>() {}
     assert_store::<RedisStore<::redis::aio::MultiplexedConnection>>();

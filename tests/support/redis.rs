@@ -49,7 +49,7 @@ impl Drop for TempDir {
 }
 
 /// One `redis-server` child process.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     port: u16,
     cluster_port: Option<u16>,
     args: Vec<String>,
@@ -59,12 +59,12 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// A standalone server.
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(false, &[])
     }
 
     /// A standalone server with extra command-line options (`["--maxmemory", "1mb"]`).
-    pub fn start_with_args(args: &[&str]) -> Self {
+    pub(crate) fn start_with_args(args: &[&str]) -> Self {
         Self::start_with(false, args)
     }
 
@@ -88,20 +88,20 @@ impl RedisServer {
         panic!("could not start redis-server on a free port (is it installed?)");
     }
 
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir.0
     }
 
     /// A new multiplexed connection with the driver's default timeouts.
-    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+    pub(crate) async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .unwrap()
             .get_multiplexed_async_connection()
@@ -110,7 +110,7 @@ impl RedisServer {
     }
 
     /// A new connection manager that retries reconnecting quickly.
-    pub async fn connection_manager(&self) -> redis::aio::ConnectionManager {
+    pub(crate) async fn connection_manager(&self) -> redis::aio::ConnectionManager {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_millis(200));
@@ -122,7 +122,7 @@ impl RedisServer {
     }
 
     /// A blocking connection for administrative commands.
-    pub fn admin(&self) -> redis::Connection {
+    pub(crate) fn admin(&self) -> redis::Connection {
         let con = redis::Client::open(self.url())
             .unwrap()
             .get_connection_with_timeout(Duration::from_secs(5))
@@ -133,7 +133,7 @@ impl RedisServer {
     }
 
     /// `CLIENT PAUSE <d> ALL`: the server answers no client for `d`, then runs what queued up.
-    pub fn pause(&self, d: Duration) {
+    pub(crate) fn pause(&self, d: Duration) {
         let () = redis::cmd("CLIENT")
             .arg("PAUSE")
             .arg(d.as_millis() as u64)
@@ -144,7 +144,7 @@ impl RedisServer {
 
     /// `CLIENT KILL TYPE normal SKIPME yes`: drops every normal client connection but the one
     /// sending it. Returns how many were killed.
-    pub fn kill_clients(&self) -> u64 {
+    pub(crate) fn kill_clients(&self) -> u64 {
         redis::cmd("CLIENT")
             .arg("KILL")
             .arg("TYPE")
@@ -156,7 +156,7 @@ impl RedisServer {
     }
 
     /// `SCRIPT FLUSH`.
-    pub fn script_flush(&self) {
+    pub(crate) fn script_flush(&self) {
         let () = redis::cmd("SCRIPT")
             .arg("FLUSH")
             .query(&mut self.admin())
@@ -164,7 +164,7 @@ impl RedisServer {
     }
 
     /// Kills the process (SIGKILL) and waits for it; the port is left free.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -172,7 +172,7 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port, with the same (empty) data directory.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -190,12 +190,12 @@ impl RedisServer {
     }
 
     /// `CONFIG RESETSTAT` through `admin`.
-    pub fn reset_stats(admin: &mut redis::Connection) {
+    pub(crate) fn reset_stats(admin: &mut redis::Connection) {
         let () = redis::cmd("CONFIG").arg("RESETSTAT").query(admin).unwrap();
     }
 
     /// `INFO commandstats` through `admin`: calls per command (`get`, `evalsha`, `script|load`).
-    pub fn command_stats(admin: &mut redis::Connection) -> BTreeMap<String, u64> {
+    pub(crate) fn command_stats(admin: &mut redis::Connection) -> BTreeMap<String, u64> {
         let info: String = redis::cmd("INFO").arg("commandstats").query(admin).unwrap();
         info.lines()
             .filter_map(|line| line.strip_prefix("cmdstat_"))
@@ -270,12 +270,12 @@ fn ping(port: u16) -> bool {
 }
 
 /// Three primaries, no replicas, all 16384 slots assigned.
-pub struct RedisCluster {
+pub(crate) struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let nodes: Vec<_> = (0..3).map(|_| RedisServer::start_with(true, &[])).collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -329,21 +329,21 @@ impl RedisCluster {
         cluster
     }
 
-    pub fn nodes(&self) -> &[RedisServer] {
+    pub(crate) fn nodes(&self) -> &[RedisServer] {
         &self.nodes
     }
 
     /// Kills node `i` (SIGKILL); the others keep running.
-    pub fn kill_node(&mut self, i: usize) {
+    pub(crate) fn kill_node(&mut self, i: usize) {
         self.nodes[i].kill();
     }
 
-    pub fn urls(&self) -> Vec<String> {
+    pub(crate) fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
     /// A new cluster connection with the driver's default settings.
-    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+    pub(crate) async fn connection(&self) -> redis::cluster_async::ClusterConnection {
         redis::cluster::ClusterClient::new(self.urls())
             .unwrap()
             .get_async_connection()
@@ -354,12 +354,12 @@ impl RedisCluster {
 
 /// The shared server tests may use: `REDIS_URL`, by default `redis://127.0.0.1:6379`. Tests on it
 /// keep to their own [`unique_prefix`] and never flush it.
-pub fn shared_url() -> String {
+pub(crate) fn shared_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| String::from("redis://127.0.0.1:6379"))
 }
 
 /// A new multiplexed connection to the shared server.
-pub async fn shared_connection() -> redis::aio::MultiplexedConnection {
+pub(crate) async fn shared_connection() -> redis::aio::MultiplexedConnection {
     redis::Client::open(shared_url())
         .expect("a valid REDIS_URL")
         .get_multiplexed_async_connection()
@@ -368,7 +368,7 @@ pub async fn shared_connection() -> redis::aio::MultiplexedConnection {
 }
 
 /// A new connection manager on the shared server.
-pub async fn shared_connection_manager() -> redis::aio::ConnectionManager {
+pub(crate) async fn shared_connection_manager() -> redis::aio::ConnectionManager {
     redis::Client::open(shared_url())
         .expect("a valid REDIS_URL")
         .get_connection_manager()
@@ -377,7 +377,7 @@ pub async fn shared_connection_manager() -> redis::aio::ConnectionManager {
 }
 
 /// A prefix no other test run uses, for tests on a shared server.
-pub fn unique_prefix(test: &str) -> String {
+pub(crate) fn unique_prefix(test: &str) -> String {
     format!(
         "test:{test}:{}:{:x}:",
         std::process::id(),
