@@ -195,10 +195,13 @@ where
     IdempotencyLayer::new(store).store_timeout(Duration::from_secs(10))
 }
 
+/// A connection manager on the shared server without a response timeout of its own: the layer's
+/// store timeout bounds every call (see "Timeouts" in `RedisStore`'s docs).
 async fn shared_manager() -> redis::aio::ConnectionManager {
+    let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
     redis::Client::open(shared_url())
         .unwrap()
-        .get_connection_manager()
+        .get_connection_manager_with_config(config)
         .await
         .expect("connect to REDIS_URL")
 }

@@ -183,6 +183,19 @@ return 0
 /// a subscription on the node that owns the slot. Polling works the same on all three, survives
 /// reconnects without losing a notification, and costs one `GET` per waiter and interval.
 ///
+/// # Timeouts
+///
+/// The layer bounds every store call with its own
+/// [`store_timeout`](crate::IdempotencyLayer::store_timeout) (2 s by default). The `redis`
+/// crate's single-node connections have a response timeout of their own, 500 ms by default,
+/// which then cuts in first under load and turns slow replies into `Timeout` errors. Let the
+/// layer decide: build the connection with `response_timeout` set to `None` (or above the
+/// layer's timeout), e.g. `ConnectionManagerConfig::new().set_response_timeout(None)`.
+///
+/// Either way, a command whose caller gave up is ambiguous: the `redis` crate does not write a
+/// command whose caller has already gone, but one that was written still runs. Re-sending
+/// `complete` or `renew` with the same token is harmless, so callers may retry them.
+///
 /// # Durability
 ///
 /// Exactly one execution per key holds as long as Redis keeps what it acknowledged. Where it does

@@ -109,11 +109,13 @@ impl RedisServer {
             .expect("connect to the test server")
     }
 
-    /// A new connection manager that retries reconnecting quickly.
+    /// A new connection manager that retries reconnecting quickly and has no response timeout
+    /// of its own (callers bound every call, as the layer does).
     pub(crate) async fn connection_manager(&self) -> redis::aio::ConnectionManager {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_number_of_retries(3)
-            .set_max_delay(Duration::from_millis(200));
+            .set_max_delay(Duration::from_millis(200))
+            .set_response_timeout(None);
         redis::Client::open(self.url())
             .unwrap()
             .get_connection_manager_with_config(config)
