@@ -202,11 +202,13 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// The layer draws a fresh token for every claim: 64 random bits fixed per process, then a
 /// 64-bit counter, so tokens never repeat within a process and collide across processes only by
 /// chance. Stores check it on `complete`, `release` and `renew`, so a stale owner whose lease ran
-/// out cannot overwrite its successor. Handlers find it in the [`IdempotencyClaim`]
-/// (crate::IdempotencyClaim) and can pass it on to fence their own writes (compare-and-set on
-/// "owner = token"). It is an identity, not a monotonic counter: compare for equality only.
+/// out cannot overwrite its successor. Handlers find it in the
+/// [`IdempotencyClaim`](crate::IdempotencyClaim) and can pass it on to fence their own writes
+/// (compare-and-set on "owner = token"). It is an identity, not a monotonic counter: compare
+/// for equality only.
+// Bytes, not `u128`: byte alignment keeps the stores' entries free of padding.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct OwnerToken(u128);
+pub struct OwnerToken([u8; 16]);
 
 impl OwnerToken {
     /// A token no other claim in this process has had.
@@ -221,34 +223,34 @@ impl OwnerToken {
             })
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Self((u128::from(process) << 64) | u128::from(n))
+        Self::from_u128((u128::from(process) << 64) | u128::from(n))
     }
 
     /// A token from its numeric value (as stored by a backend).
     pub const fn from_u128(value: u128) -> Self {
-        Self(value)
+        Self(value.to_be_bytes())
     }
 
     /// The numeric value.
     pub const fn as_u128(self) -> u128 {
-        self.0
+        u128::from_be_bytes(self.0)
     }
 
     /// The 16 big-endian bytes.
     pub const fn to_bytes(self) -> [u8; 16] {
-        self.0.to_be_bytes()
+        self.0
     }
 
     /// A token from 16 big-endian bytes.
     pub const fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self(u128::from_be_bytes(bytes))
+        Self(bytes)
     }
 }
 
 impl fmt::Display for OwnerToken {
     /// 32 lowercase hex digits.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:032x}", self.as_u128())
     }
 }
 

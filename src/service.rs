@@ -473,11 +473,16 @@ impl<St: Store> Owner<St> {
         self.armed = false;
         tracing::debug!(key = %self.key.key(), why, "releasing the claim");
         let flow = &self.flow;
-        if let Err(e) = flow
+        match flow
             .bounded(flow.store.release(&self.key, self.token))
             .await
         {
-            tracing::warn!(key = %self.key.key(), error = %e, "releasing the claim failed");
+            // Not ours any more: released already, or the lease ran out. Either way it is free.
+            Err(e) if e.kind() == StoreErrorKind::NotOwner => {}
+            Err(e) => {
+                tracing::warn!(key = %self.key.key(), error = %e, "releasing the claim failed; it frees when the lease runs out");
+            }
+            Ok(()) => {}
         }
     }
 }

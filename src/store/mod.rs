@@ -35,6 +35,8 @@ pub use crate::fingerprint::Fingerprint;
 pub use crate::key::{OwnerToken, StoreKey};
 pub use crate::record::{DecodeError, Record};
 
+#[cfg(feature = "memory")]
+mod memory;
 mod noop;
 #[cfg(feature = "redis")]
 mod redis;
@@ -42,6 +44,9 @@ mod redis;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{ConfigReport, RedisStore};
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use memory::{MemoryStore, MemoryStoreBuilder};
 pub use noop::NoOpStore;
 
 /// What [`Store::begin`] found.
@@ -96,7 +101,13 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces `token`'s claim on `key` with `record`, kept for the store's retention time.
     ///
     /// Fails with [`StoreErrorKind::NotOwner`] when `token` does not hold the key, and then
-    /// writes nothing. Completing a key twice with the same record and token is not an error.
+    /// writes nothing. A `complete` re-sent by the token that already completed the key (a
+    /// driver's retry after a lost reply) succeeds and keeps the first record: stores remember
+    /// the completing token with the record.
+    ///
+    /// A store should not fail `complete` for lack of room: a failed `complete` leaves the claim
+    /// to expire, after which a retry runs the request again. A record that cannot be kept
+    /// whole is better kept as [`Record::not_stored`] with the same fingerprint.
     fn complete(
         &self,
         key: &StoreKey,
@@ -110,7 +121,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops `token`'s claim on `key`, so that the next `begin` gets [`Begin::New`].
     ///
-    /// Fails with [`StoreErrorKind::NotOwner`] when `token` does not hold the key.
+    /// Fails with [`StoreErrorKind::NotOwner`] when `token` does not hold the key, which is also
+    /// what a re-sent `release` gets; the layer treats that as done.
     fn release(
         &self,
         key: &StoreKey,

@@ -215,6 +215,9 @@ return 0
 ///   execution waiting to happen. Only `maxmemory-policy noeviction` (or no `maxmemory`) is safe:
 ///   then a full server refuses writes, `begin` fails, and the layer answers `503` instead of
 ///   running the request unprotected. [`RedisStore::check_config`] checks this at startup.
+///   A full server refuses a `complete` as well (Redis checks memory before it runs a script
+///   that writes, so the store cannot fall back to a smaller record): the claim then expires and
+///   a retry may run again. Leave `maxmemory` headroom for records in flight.
 /// - **Ambiguous errors.** A timeout or a broken connection says nothing about whether the
 ///   command ran ([`StoreErrorKind::is_ambiguous`]): a timed-out `begin` may have claimed the key.
 ///   The claim then expires with its lease; until then retries get `409`.

@@ -1,0 +1,97 @@
+//! An axum order service whose `POST /orders` runs at most once per `Idempotency-Key`.
+//!
+//! ```sh
+//! cargo run --example quickstart          # listens on 127.0.0.1:3000, PORT overrides
+//! ```
+//!
+//! Every execution creates an order with a fresh id and answers `201` with it, so a replay is
+//! visible as the same id coming back. A body with `"delay_ms"` makes the handler slow, to show
+//! the `409` a duplicate gets while the first request still runs. The curl lines it prints show
+//! a replay, a `409` and a `422`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use serde::{Deserialize, Serialize};
+use tower_idempotency::{IdempotencyLayer, store::MemoryStore};
+
+#[derive(Deserialize)]
+struct NewOrder {
+    item: String,
+    quantity: u32,
+    /// How long the handler takes, to show a duplicate arriving while it runs.
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+#[derive(Serialize)]
+struct Order {
+    id: u64,
+    item: String,
+    quantity: u32,
+}
+
+#[derive(Clone, Default)]
+struct Orders {
+    next_id: Arc<AtomicU64>,
+}
+
+async fn create_order(
+    State(orders): State<Orders>,
+    Json(new): Json<NewOrder>,
+) -> (StatusCode, Json<Order>) {
+    tokio::time::sleep(Duration::from_millis(new.delay_ms)).await;
+    let id = orders.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    println!("executed: created order {id}");
+    let order = Order {
+        id,
+        item: new.item,
+        quantity: new.quantity,
+    };
+    (StatusCode::CREATED, Json(order))
+}
+
+/// The application: `POST /orders` behind the idempotency layer over the in-memory store.
+pub(crate) fn app() -> Router {
+    Router::new()
+        .route("/orders", post(create_order))
+        .with_state(Orders::default())
+        .layer(IdempotencyLayer::new(MemoryStore::new()))
+}
+
+/// The curl lines that show the layer at work against `base`.
+pub(crate) fn curl_lines(base: &str) -> String {
+    let post = format!(
+        "curl -si -X POST {base}/orders -H 'content-type: application/json' -H 'Idempotency-Key:"
+    );
+    format!(
+        "\
+# 1. Create an order: 201 with a new id.
+{post} order-1' -d '{{\"item\":\"book\",\"quantity\":1}}'
+# 2. Retry it: 201 with the same id and `idempotent-replayed: true`; the handler did not run.
+{post} order-1' -d '{{\"item\":\"book\",\"quantity\":1}}'
+# 3. Reuse the key for another order: 422 problem; nothing ran.
+{post} order-1' -d '{{\"item\":\"book\",\"quantity\":2}}'
+# 4. A duplicate while the first still runs (3 s): 409 with Retry-After, then the first's 201.
+{post} order-2' -d '{{\"item\":\"lamp\",\"quantity\":1,\"delay_ms\":3000}}' & sleep 0.5; \
+{post} order-2' -d '{{\"item\":\"lamp\",\"quantity\":1,\"delay_ms\":3000}}'; wait
+"
+    )
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| std::io::Error::other("PORT must be a port number"))?,
+        Err(_) => 3000,
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("listening on {base} (in-memory store)\n");
+    println!("{}", curl_lines(&base));
+    axum::serve(listener, app()).await
+}

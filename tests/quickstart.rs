@@ -1,0 +1,90 @@
+//! The quickstart example answers as its printed curl lines say, over a real socket.
+
+#[allow(dead_code)]
+#[path = "../examples/quickstart.rs"]
+mod quickstart;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+struct Answer {
+    status: u16,
+    replayed: bool,
+    retry_after: Option<String>,
+    json: Value,
+}
+
+async fn post(base: &str, key: &str, body: &str) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::post(format!("{base}/orders"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let res = client.request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let replayed = res
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        replayed,
+        retry_after,
+        json: serde_json::from_slice(&bytes).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn answers_as_the_curl_lines_say() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, quickstart::app()).await.unwrap() });
+
+    let lines = quickstart::curl_lines(&base);
+    assert_eq!(lines.matches("curl ").count(), 5, "{lines}");
+
+    // 1. Create.
+    let book = r#"{"item":"book","quantity":1}"#;
+    let first = post(&base, "order-1", book).await;
+    assert_eq!(first.status, 201);
+    assert!(!first.replayed);
+    let id = first.json["id"].as_u64().unwrap();
+
+    // 2. Retry: same id, marked as a replay.
+    let retry = post(&base, "order-1", book).await;
+    assert_eq!(retry.status, 201);
+    assert!(retry.replayed);
+    assert_eq!(retry.json, first.json);
+
+    // 3. Same key, other order: 422 problem.
+    let other = post(&base, "order-1", r#"{"item":"book","quantity":2}"#).await;
+    assert_eq!(other.status, 422);
+    assert_eq!(other.json["status"], 422);
+
+    // 4. A duplicate while the first runs: 409 with Retry-After, then the first's 201.
+    let slow = r#"{"item":"lamp","quantity":1,"delay_ms":1500}"#;
+    let (b1, b2) = (base.clone(), base.clone());
+    let first = tokio::spawn(async move { post(&b1, "order-2", slow).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dup = post(&b2, "order-2", slow).await;
+    assert_eq!(dup.status, 409);
+    assert_eq!(dup.retry_after.as_deref(), Some("1"));
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 201);
+    assert_eq!(
+        first.json["id"].as_u64().unwrap(),
+        id + 1,
+        "exactly one more execution"
+    );
+}
