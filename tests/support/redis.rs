@@ -88,16 +88,8 @@ impl RedisServer {
         panic!("could not start redis-server on a free port (is it installed?)");
     }
 
-    pub(crate) fn port(&self) -> u16 {
-        self.port
-    }
-
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir.0
     }
 
     /// A new multiplexed connection with the driver's default timeouts.
@@ -380,9 +372,9 @@ pub(crate) async fn shared_connection_manager() -> redis::aio::ConnectionManager
 
 /// A prefix no other test run uses, for tests on a shared server.
 pub(crate) fn unique_prefix(test: &str) -> String {
+    // A fresh token: random per process, counting within it.
     format!(
-        "test:{test}:{}:{:x}:",
-        std::process::id(),
-        tower_idempotency::store::OwnerToken::generate().as_u128() as u64
+        "test:{test}:{}:",
+        tower_idempotency::store::OwnerToken::generate()
     )
 }
