@@ -348,7 +348,9 @@ impl<S, St> Layer<S> for IdempotencyLayer<St> {
     }
 }
 
-/// The handlers a layer runs detached (see [`IdempotencyLayer::detach`]).
+/// The handlers a layer runs detached (see [`IdempotencyLayer::detach`]), and the store writes
+/// it still owes: a `complete` or `release` whose reply was lost is re-sent in the background
+/// until it lands or the lease is over.
 ///
 /// On graceful shutdown, stop accepting requests, then [`drain`](Self::drain) so that every
 /// handler that is still running finishes and records its result. Handlers cut off by the
@@ -359,7 +361,7 @@ pub struct DetachedTasks {
 }
 
 impl DetachedTasks {
-    /// How many handlers run detached now.
+    /// How many handlers and store writes run detached now.
     pub fn len(&self) -> usize {
         self.tasks.len()
     }
@@ -369,7 +371,7 @@ impl DetachedTasks {
         self.tasks.is_empty()
     }
 
-    /// Waits until every handler running detached has finished.
+    /// Waits until every handler and store write running detached has finished.
     pub async fn drain(&self) {
         self.tasks.close();
         self.tasks.wait().await;

@@ -467,19 +467,22 @@ impl<St: Store> Owner<St> {
         }
     }
 
-    /// Records the result; on failure the response still goes out and the lease runs out.
+    /// Records the result. The response goes out whatever happens here.
     async fn complete(&mut self, record: &Record) {
         self.armed = false;
         let flow = &self.flow;
-        if let Err(e) = flow
+        match flow
             .bounded(flow.store.complete(&self.key, self.token, record))
             .await
         {
-            tracing::error!(
-                key = %self.key.key(),
-                error = %e,
-                "recording the response failed; retries get 409 until the lease runs out"
-            );
+            Ok(()) => {}
+            Err(e) if e.kind().is_ambiguous() => {
+                tracing::warn!(key = %self.key.key(), error = %e, "recording the response may have failed; re-sending it");
+                self.settle_later(Settle::Complete(record.clone()), true);
+            }
+            Err(e) => {
+                tracing::error!(key = %self.key.key(), error = %e, "the store refused the record (the lease was lost?)");
+            }
         }
     }
 
@@ -492,30 +495,72 @@ impl<St: Store> Owner<St> {
             .await
         {
             // Not ours any more: released already, or the lease ran out. Either way it is free.
-            Err(e) if e.kind() == StoreErrorKind::NotOwner => {}
-            Err(e) => {
-                tracing::warn!(key = %self.key.key(), error = %e, "releasing the claim failed; it frees when the lease runs out");
-            }
             Ok(()) => {}
+            Err(e) if e.kind().is_ambiguous() => {
+                tracing::warn!(key = %self.key.key(), error = %e, "releasing the claim may have failed; re-sending it");
+                self.settle_later(Settle::Release, true);
+            }
+            Err(_) => {}
         }
     }
+
+    /// Re-sends a `complete` or `release` whose effect is unknown, in a task of its own, until
+    /// it lands, the store refuses it, or the lease is surely over (a re-send by the same token
+    /// is harmless). Without it a lost `complete` would let a retry run the request again once
+    /// the lease ran out. The task is tracked, so [`DetachedTasks::drain`] waits for it.
+    ///
+    /// [`DetachedTasks::drain`]: crate::DetachedTasks::drain
+    fn settle_later(&self, settle: Settle, pause_first: bool) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key, token) = (Arc::clone(&self.flow.store), self.key.clone(), self.token);
+        let config = &self.flow.config;
+        let (limit, deadline) = (config.store_timeout, Instant::now() + config.lease);
+        let task = async move {
+            let mut pause = Duration::from_millis(50);
+            if pause_first {
+                tokio::time::sleep(pause).await;
+            }
+            loop {
+                let result = match &settle {
+                    Settle::Complete(record) => {
+                        tokio::time::timeout(limit, store.complete(&key, token, record)).await
+                    }
+                    Settle::Release => {
+                        tokio::time::timeout(limit, store.release(&key, token)).await
+                    }
+                };
+                match result {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) if !e.kind().is_ambiguous() => return,
+                    _ => {}
+                }
+                if Instant::now() + pause >= deadline {
+                    tracing::error!(key = %key.key(), "the store did not answer before the lease ran out");
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        };
+        handle.spawn(config.tasks.track_future(task));
+    }
+}
+
+/// What [`Owner::settle_later`] re-sends.
+enum Settle {
+    Complete(Record),
+    Release,
 }
 
 impl<St: Store> Drop for Owner<St> {
     /// A run cut off before it settled (the response future dropped with `detach(false)`):
     /// release the claim so that a retry runs again.
     fn drop(&mut self) {
-        if !self.armed || std::thread::panicking() {
-            return;
+        if self.armed && !std::thread::panicking() {
+            self.settle_later(Settle::Release, false);
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (store, key, token) = (Arc::clone(&self.flow.store), self.key.clone(), self.token);
-        let timeout = self.flow.config.store_timeout;
-        handle.spawn(async move {
-            let _ = tokio::time::timeout(timeout, store.release(&key, token)).await;
-        });
     }
 }
 

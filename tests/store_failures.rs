@@ -1,7 +1,7 @@
 //! §2.8 Store failures: the layer fails closed with `503` and runs nothing; an ambiguous `begin`
 //! that landed is recognised by reading the key back, so the handler runs exactly once; opt-in
-//! fail-open; a failed `complete` still answers the client and lets the lease run out; a corrupt
-//! record never runs the handler.
+//! fail-open; a `complete` or `release` whose effect is unknown still answers the client and is
+//! re-sent until it lands (or the lease is over); a corrupt record never runs the handler.
 
 mod common;
 
@@ -165,7 +165,39 @@ async fn fail_open_runs_unprotected() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failed_complete_still_answers_and_the_lease_runs_out() {
+async fn a_lost_complete_is_re_sent_and_retries_get_the_replay() {
+    let store = probed();
+    let counter = Counter::new();
+    let layer = IdempotencyLayer::new(store.clone()).lease(Duration::from_secs(6));
+    let mut svc = app(layer, &counter);
+    store.set(Op::Complete, Fault::Fail(StoreErrorKind::Unavailable));
+
+    // The store fails the record: the client still gets the handler's answer.
+    let first = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.text(), "execution 1: {}");
+
+    // Meanwhile the claim holds: retries get 409, never a second run.
+    let retry = send(&mut svc, post("k", "{}")).await;
+    assert_problem(&retry, 409, "in-progress");
+
+    // The store comes back; the layer's re-sent `complete` lands and retries replay.
+    store.clear(Op::Complete);
+    sleep(Duration::from_secs(2)).await;
+    assert!(store.calls(Op::Complete) >= 2, "the record was re-sent");
+    for _ in 0..3 {
+        let again = send(&mut svc, post("k", "{}")).await;
+        assert!(again.is_replay(), "{:?}", again.outcome);
+        assert_eq!(again.text(), "execution 1: {}");
+    }
+    sleep(Duration::from_secs(10)).await;
+    assert!(send(&mut svc, post("k", "{}")).await.is_replay());
+    assert_eq!(counter.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_complete_that_never_lands_lets_the_lease_run_out() {
     let store = probed();
     let counter = Counter::new();
     let layer = IdempotencyLayer::new(store.clone()).lease(Duration::from_secs(6));
@@ -173,12 +205,8 @@ async fn a_failed_complete_still_answers_and_the_lease_runs_out() {
     store.set(Op::Complete, Fault::Fail(StoreErrorKind::Unavailable));
 
     let first = send(&mut svc, post("k", "{}")).await;
-    assert_eq!(first.status, StatusCode::CREATED);
-    assert_eq!(first.outcome, Some(Outcome::Executed));
     assert_eq!(first.text(), "execution 1: {}");
-    store.clear(Op::Complete);
-
-    // Not released (the handler ran; a retry must not run it again while the lease holds).
+    // While the lease holds, a retry never runs the handler again.
     for _ in 0..5 {
         let retry = send(&mut svc, post("k", "{}")).await;
         assert_problem(&retry, 409, "in-progress");
@@ -186,6 +214,10 @@ async fn a_failed_complete_still_answers_and_the_lease_runs_out() {
         sleep(Duration::from_secs(1)).await;
     }
     assert_eq!(counter.get(), 1);
+    let resent = store.calls(Op::Complete);
+    assert!(resent > 2, "re-sent while the lease held: {resent}");
+    // A store that never records is the one case the layer cannot cover: past the lease, the
+    // key is free again.
     sleep(Duration::from_secs(2)).await;
     let later = send(&mut svc, post("k", "{}")).await;
     assert_eq!(later.outcome, Some(Outcome::Executed));
@@ -214,7 +246,7 @@ async fn a_hanging_complete_answers_after_the_store_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failed_release_answers_and_the_lease_runs_out() {
+async fn a_lost_release_is_re_sent_and_frees_the_key() {
     let store = probed();
     let counter = Counter::new();
     let c = counter.clone();
@@ -240,9 +272,10 @@ async fn a_failed_release_answers_and_the_lease_runs_out() {
     let first = send(&mut svc, post("k", "{}")).await;
     assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(first.text(), "execution 1");
-    store.clear(Op::Release);
     assert_problem(&send(&mut svc, post("k", "{}")).await, 409, "in-progress");
-    sleep(Duration::from_secs(7)).await;
+    store.clear(Op::Release);
+    // The re-sent release lands long before the 6 s lease would have run out.
+    sleep(Duration::from_millis(500)).await;
     let later = send(&mut svc, post("k", "{}")).await;
     assert_eq!(later.status, StatusCode::CREATED);
     assert_eq!(later.text(), "execution 2");
