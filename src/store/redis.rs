@@ -194,7 +194,8 @@ return 0
 ///
 /// Either way, a command whose caller gave up is ambiguous: the `redis` crate does not write a
 /// command whose caller has already gone, but one that was written still runs. Re-sending
-/// `complete` or `renew` with the same token is harmless, so callers may retry them.
+/// `complete` or `release` with the same token is harmless, and the layer does: it re-sends one
+/// whose effect is unknown in the background until it lands or the lease is over.
 ///
 /// # Durability
 ///
