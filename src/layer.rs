@@ -300,13 +300,27 @@ impl<St> IdempotencyLayer<St> {
         self.with(|c| c.replayed_header = name)
     }
 
+    /// Adds `name` to the headers never stored for replay.
+    pub fn skip_header(self, name: HeaderName) -> Self {
+        self.with(|c| c.skipped_headers.push(name))
+    }
+
     /// Replaces the headers never stored for replay (default: hop-by-hop headers, `Set-Cookie`,
     /// `Date`, `Content-Length`; see [`default_skipped_headers`](crate::policy::default_skipped_headers)).
+    ///
+    /// # Security
+    ///
+    /// This replaces the whole list: a list without `Set-Cookie` replays one client's cookies
+    /// to every retry. To add a header, use [`skip_header`](Self::skip_header).
     pub fn skipped_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.with(|c| c.skipped_headers = names.into_iter().collect())
     }
 
     /// Replaces the layer's [problem](crate::problem) responses with `f`'s.
+    ///
+    /// The hook's response is sent as it is (the layer only adds the [`Outcome`](crate::Outcome)
+    /// extension): add `Retry-After` from [`Problem::retry_after`] where you want it, and answer
+    /// gRPC calls ([`Problem::is_grpc`]) in gRPC, e.g. with [`Problem::to_grpc_response`].
     ///
     /// ```
     /// use bytes::Bytes;

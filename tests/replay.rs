@@ -150,6 +150,24 @@ async fn the_deny_list_is_configurable() {
 }
 
 #[tokio::test]
+async fn skip_header_adds_to_the_default_deny_list() {
+    let counter = Counter::new();
+    let layer = IdempotencyLayer::new(MemoryStore::new())
+        .skip_header(HeaderName::from_static("x-request-id"));
+    let mut svc = rich(layer, &counter);
+
+    send(&mut svc, post("k", "{}")).await;
+    let again = send(&mut svc, post("k", "{}")).await;
+    assert!(again.is_replay());
+    assert!(!again.headers.contains_key("x-request-id"));
+    // The defaults still hold.
+    assert!(!again.headers.contains_key("set-cookie"));
+    assert!(!again.headers.contains_key("date"));
+    assert_eq!(again.header("x-execution"), Some("1"));
+    assert_eq!(counter.get(), 1);
+}
+
+#[tokio::test]
 async fn empty_and_redirect_responses_replay_too() {
     for (status, body) in [(204, ""), (303, "see /orders/7"), (200, "ok")] {
         let counter = Counter::new();
