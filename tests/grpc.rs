@@ -6,6 +6,10 @@
 //! `UNAVAILABLE` when the store is down), and retryable codes release the key, with no glue in
 //! the server.
 
+#[path = "support/drop_probe.rs"]
+mod drop_probe;
+
+use drop_probe::DropProbe;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,23 +98,6 @@ impl Orders for Shop {
     }
 }
 
-/// Notifies when dropped before [`disarm`](Self::disarm): the server dropped the call.
-struct DropProbe(Option<Arc<Notify>>);
-
-impl DropProbe {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for DropProbe {
-    fn drop(&mut self) {
-        if let Some(dropped) = self.0.take() {
-            dropped.notify_one();
-        }
-    }
-}
-
 /// A running server.
 struct Harness {
     addr: SocketAddr,
@@ -130,7 +117,7 @@ async fn start<St: Store>(layer: IdempotencyLayer<St>) -> Harness {
     let probe = Arc::clone(&dropped);
     let layers = ServiceBuilder::new()
         .map_future(move |call| {
-            let guard = DropProbe(Some(Arc::clone(&probe)));
+            let guard = DropProbe::new(Arc::clone(&probe));
             async move {
                 let out = call.await;
                 guard.disarm();

@@ -1,6 +1,10 @@
 //! The layer in a plain hyper 1 server (hyper-util `auto`, HTTP/1.1 and HTTP/2 on one port),
 //! over a real socket, with hyper's own client on a fresh connection per request.
 
+#[path = "support/drop_probe.rs"]
+mod drop_probe;
+
+use drop_probe::DropProbe;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -85,23 +89,6 @@ async fn create_order(
     Ok(res)
 }
 
-/// Notifies when dropped before [`disarm`](Self::disarm): the server dropped the call.
-struct DropProbe(Option<Arc<Notify>>);
-
-impl DropProbe {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for DropProbe {
-    fn drop(&mut self) {
-        if let Some(dropped) = self.0.take() {
-            dropped.notify_one();
-        }
-    }
-}
-
 /// A running server.
 struct Harness {
     addr: SocketAddr,
@@ -124,7 +111,7 @@ async fn start() -> Harness {
     let handler = app.clone();
     let service = ServiceBuilder::new()
         .map_future(move |call| {
-            let guard = DropProbe(Some(Arc::clone(&probe)));
+            let guard = DropProbe::new(Arc::clone(&probe));
             async move {
                 let out = call.await;
                 guard.disarm();
