@@ -2,7 +2,12 @@
 //!
 //! ```sh
 //! cargo run --example quickstart          # listens on 127.0.0.1:3000, PORT overrides
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart --features redis
 //! ```
+//!
+//! It keeps keys in the in-memory store, or in Redis when `REDIS_URL` is set (the store is
+//! chosen at run time through [`BoxStore`]), so several copies of it on different ports share
+//! their keys.
 //!
 //! Every execution creates an order with a fresh id and answers `201` with it, so a replay is
 //! visible as the same id coming back. A body with `"delay_ms"` makes the handler slow, to show
@@ -15,7 +20,8 @@ use std::time::Duration;
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use serde::{Deserialize, Serialize};
-use tower_idempotency::{IdempotencyLayer, store::MemoryStore};
+use tower_idempotency::IdempotencyLayer;
+use tower_idempotency::store::{BoxStore, MemoryStore};
 
 #[derive(Deserialize)]
 struct NewOrder {
@@ -53,12 +59,46 @@ async fn create_order(
     (StatusCode::CREATED, Json(order))
 }
 
-/// The application: `POST /orders` behind the idempotency layer over the in-memory store.
-pub(crate) fn app() -> Router {
+/// The application: `POST /orders` behind the idempotency layer over `store`.
+pub(crate) fn app(store: BoxStore) -> Router {
     Router::new()
         .route("/orders", post(create_order))
         .with_state(Orders::default())
-        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .layer(IdempotencyLayer::new(store))
+}
+
+/// Redis when `REDIS_URL` is set, the in-memory store otherwise; and what it is, to print.
+pub(crate) async fn store_from_env() -> std::io::Result<(BoxStore, String)> {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        return Ok((BoxStore::new(MemoryStore::new()), "in-memory store".into()));
+    };
+    redis_store(&url).await
+}
+
+#[cfg(feature = "redis")]
+async fn redis_store(url: &str) -> std::io::Result<(BoxStore, String)> {
+    use redis::aio::ConnectionManagerConfig;
+    use tower_idempotency::store::RedisStore;
+
+    let client = redis::Client::open(url).map_err(std::io::Error::other)?;
+    // The layer bounds every store call itself (2 s); the driver's own 500 ms limit would cut
+    // in first under load.
+    let config = ConnectionManagerConfig::new().set_response_timeout(None);
+    let connection = client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(std::io::Error::other)?;
+    let store = RedisStore::new(connection, Duration::from_secs(24 * 60 * 60))
+        .with_prefix("quickstart:idem:");
+    store.check_config().await.map_err(std::io::Error::other)?;
+    Ok((BoxStore::new(store), format!("Redis at {url}")))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_store(_url: &str) -> std::io::Result<(BoxStore, String)> {
+    Err(std::io::Error::other(
+        "REDIS_URL is set: run with `--features redis` to use Redis",
+    ))
 }
 
 /// The curl lines that show the layer at work against `base`.
@@ -91,7 +131,8 @@ async fn main() -> std::io::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
-    println!("listening on {base} (in-memory store)\n");
+    let (store, what) = store_from_env().await?;
+    println!("listening on {base} ({what})\n");
     println!("{}", curl_lines(&base));
-    axum::serve(listener, app()).await
+    axum::serve(listener, app(store)).await
 }

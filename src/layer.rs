@@ -305,13 +305,27 @@ impl<St> IdempotencyLayer<St> {
         self.with(|c| c.replayed_header = name)
     }
 
+    /// Adds `name` to the headers never stored for replay.
+    pub fn skip_header(self, name: HeaderName) -> Self {
+        self.with(|c| c.skipped_headers.push(name))
+    }
+
     /// Replaces the headers never stored for replay (default: hop-by-hop headers, `Set-Cookie`,
     /// `Date`, `Content-Length`; see [`default_skipped_headers`](crate::policy::default_skipped_headers)).
+    ///
+    /// # Security
+    ///
+    /// This replaces the whole list: a list without `Set-Cookie` replays one client's cookies
+    /// to every retry. To add a header, use [`skip_header`](Self::skip_header).
     pub fn skipped_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.with(|c| c.skipped_headers = names.into_iter().collect())
     }
 
     /// Replaces the layer's [problem](crate::problem) responses with `f`'s.
+    ///
+    /// The hook's response is sent as it is (the layer only adds the [`Outcome`](crate::Outcome)
+    /// extension): add `Retry-After` from [`Problem::retry_after`] where you want it, and answer
+    /// gRPC calls ([`Problem::is_grpc`]) in gRPC, e.g. with [`Problem::to_grpc_response`].
     ///
     /// ```
     /// use bytes::Bytes;
@@ -353,7 +367,9 @@ impl<S, St> Layer<S> for IdempotencyLayer<St> {
     }
 }
 
-/// The handlers a layer runs detached (see [`IdempotencyLayer::detach`]).
+/// The handlers a layer runs detached (see [`IdempotencyLayer::detach`]), and the store writes
+/// it still owes: a `complete` or `release` whose reply was lost is re-sent in the background
+/// until it lands or the lease is over.
 ///
 /// On graceful shutdown, stop accepting requests, then [`drain`](Self::drain) so that every
 /// handler that is still running finishes and records its result. Handlers cut off by the
@@ -364,7 +380,7 @@ pub struct DetachedTasks {
 }
 
 impl DetachedTasks {
-    /// How many handlers run detached now.
+    /// How many handlers and store writes run detached now.
     pub fn len(&self) -> usize {
         self.tasks.len()
     }
@@ -374,7 +390,7 @@ impl DetachedTasks {
         self.tasks.is_empty()
     }
 
-    /// Waits until every handler running detached has finished.
+    /// Waits until every handler and store write running detached has finished.
     pub async fn drain(&self) {
         self.tasks.close();
         self.tasks.wait().await;

@@ -8,6 +8,13 @@
 //! - **release** (`5xx`, `408`, `429`, an inner `Err`, a panic): the claim is dropped so that a
 //!   retry runs the request again.
 //!
+//! gRPC answers errors with `200 OK` and a `grpc-status`, in the trailers or, for an error
+//! without a message body, in the headers. Where a response has one, it decides instead of the
+//! HTTP status: codes a client should retry (`CANCELLED`, `UNKNOWN`, `DEADLINE_EXCEEDED`,
+//! `RESOURCE_EXHAUSTED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`, the ones whose
+//! HTTP counterparts are `5xx`, `408` and `429`) release the claim; every other code, `OK`
+//! included, is recorded and replayed with its `grpc-message`.
+//!
 //! A handler overrides the default for one response by putting a [`Disposition`] into the
 //! response's extensions:
 //!
@@ -35,6 +42,24 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    /// The default for a gRPC status code: release the codes a client should retry, record
+    /// the others (see the [module docs](self)).
+    pub fn for_grpc_status(code: i32) -> Self {
+        match code {
+            // CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED,
+            // INTERNAL, UNAVAILABLE, DATA_LOSS.
+            1 | 2 | 4 | 8 | 12 | 13 | 14 | 15 => Self::Release,
+            _ => Self::Record,
+        }
+    }
+
+    /// The `grpc-status` in `headers` (the head of a trailers-only response, or the trailers),
+    /// classified; `None` when there is none.
+    pub(crate) fn from_grpc_headers(headers: &http::HeaderMap) -> Option<Self> {
+        let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+        Some(Self::for_grpc_status(code))
+    }
+
     /// The default for a status: release `5xx`, `408` and `429`, record everything else.
     pub fn for_status(status: StatusCode) -> Self {
         if status.is_server_error()
@@ -59,6 +84,9 @@ pub fn default_methods() -> Vec<Method> {
 /// The headers a replay never carries: hop-by-hop headers, `Set-Cookie` (a replay must not hand
 /// one client's session to another request), `Date` (the replay's own is added by the server)
 /// and `Content-Length` (recomputed from the stored body).
+///
+/// `Trailer` is kept: it is end-to-end (RFC 9110 §6.6.2), and hyper's HTTP/1.1 server sends
+/// only the trailer fields it names, so a replay without it would lose its trailers.
 pub fn default_skipped_headers() -> Vec<HeaderName> {
     vec![
         header::CONNECTION,
@@ -67,7 +95,6 @@ pub fn default_skipped_headers() -> Vec<HeaderName> {
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
         header::SET_COOKIE,
@@ -79,6 +106,33 @@ pub fn default_skipped_headers() -> Vec<HeaderName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_dispositions() {
+        for code in [1, 2, 4, 8, 12, 13, 14, 15] {
+            assert_eq!(
+                Disposition::for_grpc_status(code),
+                Disposition::Release,
+                "{code}"
+            );
+        }
+        for code in [0, 3, 5, 6, 7, 9, 10, 11, 16, 99] {
+            assert_eq!(
+                Disposition::for_grpc_status(code),
+                Disposition::Record,
+                "{code}"
+            );
+        }
+        let mut h = http::HeaderMap::new();
+        assert_eq!(Disposition::from_grpc_headers(&h), None);
+        h.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(
+            Disposition::from_grpc_headers(&h),
+            Some(Disposition::Release)
+        );
+        h.insert("grpc-status", "x".parse().unwrap());
+        assert_eq!(Disposition::from_grpc_headers(&h), None);
+    }
 
     #[test]
     fn default_dispositions() {

@@ -1,6 +1,10 @@
 //! The answers the layer gives itself: RFC 9457 `application/problem+json` responses.
 //!
-//! Each problem has a stable `type` URI pointing at its section below. The whole response can be
+//! Each problem has a stable `type` URI pointing at its section below. A gRPC request (its
+//! `content-type` is `application/grpc` or `application/grpc+…`) gets the same problem as a
+//! trailers-only gRPC status instead, which gRPC clients understand: `200 OK`, `grpc-status`,
+//! `grpc-message` (the detail, percent-encoded) and `retry-after` where it applies, readable as
+//! status metadata. The whole response can be
 //! replaced with [`IdempotencyLayer::problem_response`](crate::IdempotencyLayer::problem_response);
 //! either way the response carries the [`Outcome`](crate::Outcome) extension.
 //!
@@ -9,6 +13,15 @@
 //!  "title":"Request in progress","status":409,
 //!  "detail":"a request with this idempotency key is still being processed; retry later"}
 //! ```
+//!
+//! | problem | HTTP | gRPC |
+//! | --- | --- | --- |
+//! | missing or invalid key, unreadable body | `400` | `INVALID_ARGUMENT` |
+//! | body too large | `413` | `RESOURCE_EXHAUSTED` |
+//! | in progress | `409` + `Retry-After` | `ABORTED` + `retry-after` |
+//! | mismatch | `422` (configurable) | `FAILED_PRECONDITION` |
+//! | response not stored | `409` | `ALREADY_EXISTS` |
+//! | store unavailable, shutting down | `503` + `Retry-After` | `UNAVAILABLE` + `retry-after` |
 //!
 //! # Missing key
 //! `400`: the layer is configured to [require](crate::IdempotencyLayer::require_key) a key and
@@ -127,10 +140,16 @@ pub struct Problem {
     kind: ProblemKind,
     status: StatusCode,
     retry_after: Option<Duration>,
+    grpc: bool,
 }
 
 impl Problem {
-    pub(crate) fn new(kind: ProblemKind, mismatch: StatusCode, retry_after: Duration) -> Self {
+    pub(crate) fn new(
+        kind: ProblemKind,
+        mismatch: StatusCode,
+        retry_after: Duration,
+        grpc: bool,
+    ) -> Self {
         let (status, retry_after) = match kind {
             ProblemKind::MissingKey | ProblemKind::InvalidKey(_) | ProblemKind::UnreadableBody => {
                 (StatusCode::BAD_REQUEST, None)
@@ -147,6 +166,7 @@ impl Problem {
             kind,
             status,
             retry_after,
+            grpc,
         }
     }
 
@@ -155,7 +175,25 @@ impl Problem {
         self.kind
     }
 
-    /// The status the layer answers with.
+    /// Whether the request was a gRPC call, which [`to_response`](Self::to_response) answers
+    /// with a gRPC status.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
+    /// The gRPC status code for the problem (see the [module docs](self)).
+    pub fn grpc_code(&self) -> i32 {
+        match self.kind {
+            ProblemKind::MissingKey | ProblemKind::InvalidKey(_) | ProblemKind::UnreadableBody => 3,
+            ProblemKind::BodyTooLarge { .. } => 8,
+            ProblemKind::InProgress => 10,
+            ProblemKind::Mismatch => 9,
+            ProblemKind::ResponseNotStored => 6,
+            ProblemKind::StoreUnavailable | ProblemKind::ShuttingDown => 14,
+        }
+    }
+
+    /// The HTTP status of the problem+json answer.
     pub fn status(&self) -> StatusCode {
         self.status
     }
@@ -204,9 +242,44 @@ impl Problem {
         self.retry_after
     }
 
-    /// The default response: `application/problem+json` with `type`, `title`, `status` and
-    /// `detail`, and `Retry-After` in whole seconds (rounded up) where it applies.
+    /// The default response: a gRPC status for a gRPC request, problem+json otherwise.
     pub fn to_response(&self) -> Response<Bytes> {
+        if self.grpc {
+            self.to_grpc_response()
+        } else {
+            self.to_json_response()
+        }
+    }
+
+    /// A trailers-only gRPC response: `200 OK`, `content-type: application/grpc`,
+    /// `grpc-status`, the percent-encoded detail as `grpc-message`, and `retry-after` in whole
+    /// seconds where it applies. The body is empty.
+    pub fn to_grpc_response(&self) -> Response<Bytes> {
+        let mut res = Response::new(Bytes::new());
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", HeaderValue::from(self.grpc_code()));
+        let message = percent_encode(&self.detail());
+        if let Ok(message) = HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", message);
+        }
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+
+    fn retry_after_secs(&self) -> Option<u64> {
+        let after = self.retry_after?;
+        Some((after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1))
+    }
+
+    /// An `application/problem+json` response with `type`, `title`, `status` and `detail`, and
+    /// `Retry-After` in whole seconds (rounded up) where it applies.
+    pub fn to_json_response(&self) -> Response<Bytes> {
         let mut body = String::with_capacity(256);
         body.push_str("{\"type\":");
         push_json_string(&mut body, &self.type_uri());
@@ -221,10 +294,9 @@ impl Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(after) = self.retry_after {
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        if let Some(secs) = self.retry_after_secs() {
             res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }
@@ -234,6 +306,29 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.title(), self.status)
     }
+}
+
+/// Whether a request is a gRPC call: `content-type` `application/grpc` or `application/grpc+…`
+/// (gRPC-Web, which frames trailers differently, is not).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+        .and_then(|ct| ct.strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+}
+
+/// gRPC's percent-encoding of `grpc-message`: `%` and bytes outside printable ASCII.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
 }
 
 fn push_json_string(out: &mut String, s: &str) {
@@ -260,7 +355,31 @@ mod tests {
             kind,
             StatusCode::UNPROCESSABLE_ENTITY,
             Duration::from_millis(1500),
+            false,
         )
+    }
+
+    #[test]
+    fn grpc_requests_get_trailers_only_statuses() {
+        let p = Problem::new(
+            ProblemKind::InProgress,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Duration::from_secs(1),
+            true,
+        );
+        let res = p.to_response();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        assert_eq!(res.headers()["grpc-status"], "10");
+        assert_eq!(res.headers()["retry-after"], "1");
+        assert!(
+            res.headers()["grpc-message"]
+                .to_str()
+                .unwrap()
+                .contains("still being processed")
+        );
+        assert!(res.body().is_empty());
+        assert_eq!(percent_encode("50% \u{e9}"), "50%25 %C3%A9");
     }
 
     #[test]
@@ -291,6 +410,20 @@ mod tests {
             assert_eq!(res.status().as_u16(), status, "{kind:?}");
             assert_eq!(res.headers().contains_key("retry-after"), status == 503);
         }
+    }
+
+    #[test]
+    fn detects_grpc() {
+        let ct = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_static(v));
+            is_grpc(&h)
+        };
+        assert!(ct("application/grpc"));
+        assert!(ct("application/grpc+proto"));
+        assert!(!ct("application/grpc-web"));
+        assert!(!ct("application/json"));
+        assert!(!is_grpc(&http::HeaderMap::new()));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::future::{Answer, BoxRun, ResponseFuture, Run, Step};
 use crate::key::{OwnerToken, StoreKey, parse_key};
 use crate::layer::{Config, Fingerprinting, IdempotencyLayer};
 use crate::policy::Disposition;
-use crate::problem::{Problem, ProblemKind};
+use crate::problem::{Problem, ProblemKind, is_grpc};
 use crate::record::Record;
 use crate::store::{Begin, DEFAULT_POLL_INTERVAL, Entry, Store, StoreError, StoreErrorKind};
 
@@ -113,22 +113,25 @@ where
         if !config.methods.contains(req.method()) {
             return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
         }
-        let key = match parse_key(req.headers(), &config.header, config.max_key_len) {
-            Ok(Some(key)) => key,
+        let rejected = match parse_key(req.headers(), &config.header, config.max_key_len) {
+            Ok(Some(key)) => {
+                // The instance that was polled ready goes with the request.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let flow = Flow {
+                    store: Arc::clone(&self.store),
+                    config: Arc::clone(config),
+                    grpc: is_grpc(req.headers()),
+                };
+                return ResponseFuture::protected(Box::pin(flow.run(inner, req, key)));
+            }
             Ok(None) if !config.require_key => {
                 return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
             }
-            Ok(None) => return ResponseFuture::ready(problem(config, ProblemKind::MissingKey)),
-            Err(e) => return ResponseFuture::ready(problem(config, ProblemKind::InvalidKey(e))),
+            Ok(None) => ProblemKind::MissingKey,
+            Err(e) => ProblemKind::InvalidKey(e),
         };
-        // The instance that was polled ready goes with the request.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let flow = Flow {
-            store: Arc::clone(&self.store),
-            config: Arc::clone(config),
-        };
-        ResponseFuture::protected(Box::pin(flow.run(inner, req, key)))
+        ResponseFuture::ready(problem(config, rejected, is_grpc(req.headers())))
     }
 }
 
@@ -136,6 +139,8 @@ where
 struct Flow<St> {
     store: Arc<St>,
     config: Arc<Config>,
+    /// Whether the request is a gRPC call, answered with gRPC statuses.
+    grpc: bool,
 }
 
 impl<St> Clone for Flow<St> {
@@ -143,6 +148,7 @@ impl<St> Clone for Flow<St> {
         Self {
             store: Arc::clone(&self.store),
             config: Arc::clone(&self.config),
+            grpc: self.grpc,
         }
     }
 }
@@ -190,13 +196,15 @@ impl<St: Store> Flow<St> {
         async move {
             let (body, fingerprint) = match self.fingerprint(&parts, body).await {
                 Ok(read) => read,
-                Err(kind) => return Step::Done(Ok(problem(&self.config, kind))),
+                Err(kind) => return Step::Done(Ok(problem(&self.config, kind, self.grpc))),
             };
             let token = OwnerToken::generate();
             match self.claim(&key, fingerprint.as_ref(), token).await {
                 Claim::Owner => {}
                 Claim::Replay(record) => return Step::Done(Ok(self.replay(&key, &record))),
-                Claim::Problem(kind) => return Step::Done(Ok(problem(&self.config, kind))),
+                Claim::Problem(kind) => {
+                    return Step::Done(Ok(problem(&self.config, kind, self.grpc)));
+                }
                 Claim::Unprotected => {
                     tracing::warn!(key = %key.key(), "idempotency store failed; running unprotected");
                     let call = inner.call(Request::from_parts(parts, body));
@@ -340,10 +348,10 @@ impl<St: Store> Flow<St> {
     fn replay<B: Body>(&self, key: &StoreKey, record: &Record) -> Response<ResponseBody<B>> {
         let stored = match record.response() {
             Ok(Some(stored)) => stored,
-            Ok(None) => return problem(&self.config, ProblemKind::ResponseNotStored),
+            Ok(None) => return problem(&self.config, ProblemKind::ResponseNotStored, self.grpc),
             Err(e) => {
                 tracing::error!(key = %key.key(), error = %e, "stored record is unreadable");
-                return problem(&self.config, ProblemKind::StoreUnavailable);
+                return problem(&self.config, ProblemKind::StoreUnavailable, self.grpc);
             }
         };
         let mut res = Response::new(ResponseBody::full(stored.body, stored.trailers));
@@ -446,10 +454,10 @@ impl<St: Store> Owner<St> {
                 Ok(Ok(res)) => res,
             };
             let (mut parts, body) = res.into_parts();
-            let disposition = parts
-                .extensions
-                .get::<Disposition>()
-                .copied()
+            // The handler's own word first, then a gRPC status in the head, then the HTTP status.
+            let chosen = parts.extensions.get::<Disposition>().copied();
+            let disposition = chosen
+                .or_else(|| Disposition::from_grpc_headers(&parts.headers))
                 .unwrap_or_else(|| Disposition::for_status(parts.status));
             parts.extensions.insert(Outcome::Executed);
             if disposition == Disposition::Release {
@@ -458,6 +466,14 @@ impl<St: Store> Owner<St> {
             }
             let config = Arc::clone(&self.flow.config);
             let body = match self.renewing(buffer(body, config.max_response_body)).await {
+                Buffered::Complete { data, trailers }
+                    if chosen.is_none()
+                        && trailers.as_ref().and_then(Disposition::from_grpc_headers)
+                            == Some(Disposition::Release) =>
+                {
+                    self.release("the gRPC status is retryable").await;
+                    ResponseBody::full(data, trailers)
+                }
                 Buffered::Complete { data, trailers } => {
                     let skip = |name: &http::HeaderName| !config.skipped_headers.contains(name);
                     let record = Record::filtered(
@@ -505,19 +521,22 @@ impl<St: Store> Owner<St> {
         }
     }
 
-    /// Records the result; on failure the response still goes out and the lease runs out.
+    /// Records the result. The response goes out whatever happens here.
     async fn complete(&mut self, record: &Record) {
         self.armed = false;
         let flow = &self.flow;
-        if let Err(e) = flow
+        match flow
             .bounded(flow.store.complete(&self.key, self.token, record))
             .await
         {
-            tracing::error!(
-                key = %self.key.key(),
-                error = %e,
-                "recording the response failed; retries get 409 until the lease runs out"
-            );
+            Ok(()) => {}
+            Err(e) if e.kind().is_ambiguous() => {
+                tracing::warn!(key = %self.key.key(), error = %e, "recording the response may have failed; re-sending it");
+                self.settle_later(Settle::Complete(record.clone()), true);
+            }
+            Err(e) => {
+                tracing::error!(key = %self.key.key(), error = %e, "the store refused the record (the lease was lost?)");
+            }
         }
     }
 
@@ -530,30 +549,72 @@ impl<St: Store> Owner<St> {
             .await
         {
             // Not ours any more: released already, or the lease ran out. Either way it is free.
-            Err(e) if e.kind() == StoreErrorKind::NotOwner => {}
-            Err(e) => {
-                tracing::warn!(key = %self.key.key(), error = %e, "releasing the claim failed; it frees when the lease runs out");
-            }
             Ok(()) => {}
+            Err(e) if e.kind().is_ambiguous() => {
+                tracing::warn!(key = %self.key.key(), error = %e, "releasing the claim may have failed; re-sending it");
+                self.settle_later(Settle::Release, true);
+            }
+            Err(_) => {}
         }
     }
+
+    /// Re-sends a `complete` or `release` whose effect is unknown, in a task of its own, until
+    /// it lands, the store refuses it, or the lease is surely over (a re-send by the same token
+    /// is harmless). Without it a lost `complete` would let a retry run the request again once
+    /// the lease ran out. The task is tracked, so [`DetachedTasks::drain`] waits for it.
+    ///
+    /// [`DetachedTasks::drain`]: crate::DetachedTasks::drain
+    fn settle_later(&self, settle: Settle, pause_first: bool) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key, token) = (Arc::clone(&self.flow.store), self.key.clone(), self.token);
+        let config = &self.flow.config;
+        let (limit, deadline) = (config.store_timeout, Instant::now() + config.lease);
+        let task = async move {
+            let mut pause = Duration::from_millis(50);
+            if pause_first {
+                tokio::time::sleep(pause).await;
+            }
+            loop {
+                let result = match &settle {
+                    Settle::Complete(record) => {
+                        tokio::time::timeout(limit, store.complete(&key, token, record)).await
+                    }
+                    Settle::Release => {
+                        tokio::time::timeout(limit, store.release(&key, token)).await
+                    }
+                };
+                match result {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) if !e.kind().is_ambiguous() => return,
+                    _ => {}
+                }
+                if Instant::now() + pause >= deadline {
+                    tracing::error!(key = %key.key(), "the store did not answer before the lease ran out");
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        };
+        handle.spawn(config.tasks.track_future(task));
+    }
+}
+
+/// What [`Owner::settle_later`] re-sends.
+enum Settle {
+    Complete(Record),
+    Release,
 }
 
 impl<St: Store> Drop for Owner<St> {
     /// A run cut off before it settled (the response future dropped with `detach(false)`):
     /// release the claim so that a retry runs again.
     fn drop(&mut self) {
-        if !self.armed || std::thread::panicking() {
-            return;
+        if self.armed && !std::thread::panicking() {
+            self.settle_later(Settle::Release, false);
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (store, key, token) = (Arc::clone(&self.flow.store), self.key.clone(), self.token);
-        let timeout = self.flow.config.store_timeout;
-        handle.spawn(async move {
-            let _ = tokio::time::timeout(timeout, store.release(&key, token)).await;
-        });
     }
 }
 
@@ -585,8 +646,12 @@ fn same_request(stored: Option<&Fingerprint>, ours: Option<&Fingerprint>) -> boo
 }
 
 /// A problem as the layer's response.
-pub(crate) fn problem<B: Body>(config: &Config, kind: ProblemKind) -> Response<ResponseBody<B>> {
-    let problem = Problem::new(kind, config.mismatch_status, config.retry_after);
+pub(crate) fn problem<B: Body>(
+    config: &Config,
+    kind: ProblemKind,
+    grpc: bool,
+) -> Response<ResponseBody<B>> {
+    let problem = Problem::new(kind, config.mismatch_status, config.retry_after, grpc);
     let outcome = match kind {
         ProblemKind::InProgress => Outcome::Conflict,
         ProblemKind::Mismatch => Outcome::Mismatch,

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use tower_idempotency::store::{BoxStore, MemoryStore, OwnerToken};
 
 struct Answer {
     status: u16,
@@ -45,39 +46,42 @@ async fn post(base: &str, key: &str, body: &str) -> Answer {
     }
 }
 
-#[tokio::test]
-async fn answers_as_the_curl_lines_say() {
+/// Serves the example's app over `store` and sends what its curl lines send, with keys of
+/// this run's own (a Redis store keeps records between runs).
+async fn answers_as_the_curl_lines_say(store: BoxStore) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, quickstart::app()).await.unwrap() });
+    tokio::spawn(async move { axum::serve(listener, quickstart::app(store)).await.unwrap() });
 
     let lines = quickstart::curl_lines(&base);
     assert_eq!(lines.matches("curl ").count(), 5, "{lines}");
+    let run = OwnerToken::generate();
+    let (order_1, order_2) = (format!("order-1-{run}"), format!("order-2-{run}"));
 
     // 1. Create.
     let book = r#"{"item":"book","quantity":1}"#;
-    let first = post(&base, "order-1", book).await;
+    let first = post(&base, &order_1, book).await;
     assert_eq!(first.status, 201);
     assert!(!first.replayed);
     let id = first.json["id"].as_u64().unwrap();
 
     // 2. Retry: same id, marked as a replay.
-    let retry = post(&base, "order-1", book).await;
+    let retry = post(&base, &order_1, book).await;
     assert_eq!(retry.status, 201);
     assert!(retry.replayed);
     assert_eq!(retry.json, first.json);
 
     // 3. Same key, other order: 422 problem.
-    let other = post(&base, "order-1", r#"{"item":"book","quantity":2}"#).await;
+    let other = post(&base, &order_1, r#"{"item":"book","quantity":2}"#).await;
     assert_eq!(other.status, 422);
     assert_eq!(other.json["status"], 422);
 
     // 4. A duplicate while the first runs: 409 with Retry-After, then the first's 201.
     let slow = r#"{"item":"lamp","quantity":1,"delay_ms":1500}"#;
-    let (b1, b2) = (base.clone(), base.clone());
-    let first = tokio::spawn(async move { post(&b1, "order-2", slow).await });
+    let (b1, b2, k1) = (base.clone(), base.clone(), order_2.clone());
+    let first = tokio::spawn(async move { post(&b1, &k1, slow).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let dup = post(&b2, "order-2", slow).await;
+    let dup = post(&b2, &order_2, slow).await;
     assert_eq!(dup.status, 409);
     assert_eq!(dup.retry_after.as_deref(), Some("1"));
     let first = first.await.unwrap();
@@ -87,4 +91,23 @@ async fn answers_as_the_curl_lines_say() {
         id + 1,
         "exactly one more execution"
     );
+}
+
+#[tokio::test]
+async fn on_the_memory_store() {
+    answers_as_the_curl_lines_say(BoxStore::new(MemoryStore::new())).await;
+}
+
+/// With `REDIS_URL` (as `.ci/test` sets it), the same answers from Redis.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn on_redis() {
+    use tower_idempotency::store::RedisStore;
+
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let connection = client.get_connection_manager().await.unwrap();
+    let store =
+        RedisStore::new(connection, Duration::from_secs(60)).with_prefix("quickstart-test:");
+    answers_as_the_curl_lines_say(BoxStore::new(store)).await;
 }

@@ -38,7 +38,12 @@ pub use crate::record::{DecodeError, Record};
 #[cfg(feature = "memory")]
 mod memory;
 mod noop;
+#[cfg(feature = "redis")]
+mod redis;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{ConfigReport, RedisStore};
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::{MemoryStore, MemoryStoreBuilder};
