@@ -285,21 +285,36 @@ pub(crate) fn fresh_prefix() -> String {
 /// Sends `iters` requests of `load` from `tasks` concurrent tasks on `rt` (each its share, one
 /// after another) and returns the wall time of the whole: per request, `1 / throughput`.
 pub(crate) fn drive(rt: &Runtime, load: &Load, tasks: u64, iters: u64) -> Duration {
-    let tasks = tasks.clamp(1, iters.max(1));
     let load = load.clone();
+    drive_fn(rt, tasks, iters, move |n| {
+        let load = load.clone();
+        async move {
+            let (status, _, body) = load.send(n).await;
+            assert_eq!(status, load.expect, "{}", String::from_utf8_lossy(&body));
+            std::hint::black_box(body);
+        }
+    })
+}
+
+/// Runs `step(0..iters)` from `tasks` concurrent tasks on `rt` (each its share of `n`, one
+/// after another) and returns the wall time of the whole.
+pub(crate) fn drive_fn<F, Fut>(rt: &Runtime, tasks: u64, iters: u64, step: F) -> Duration
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let tasks = tasks.clamp(1, iters.max(1));
     rt.block_on(async move {
         // Started from a worker, as the accept loop of a server would start connections.
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
             let mut set = tokio::task::JoinSet::new();
             for t in 0..tasks {
-                let load = load.clone();
+                let step = step.clone();
                 let (from, to) = (iters * t / tasks, iters * (t + 1) / tasks);
                 set.spawn(async move {
                     for n in from..to {
-                        let (status, _, body) = load.send(n).await;
-                        assert_eq!(status, load.expect, "{}", String::from_utf8_lossy(&body));
-                        std::hint::black_box(body);
+                        step(n).await;
                     }
                 });
             }
@@ -311,6 +326,45 @@ pub(crate) fn drive(rt: &Runtime, load: &Load, tasks: u64, iters: u64) -> Durati
         .await
         .expect("the driver task panicked")
     })
+}
+
+/// A connection to the Redis server at `REDIS_URL` (default `redis://127.0.0.1:6379`), or
+/// `None` after printing why the Redis benchmarks are skipped.
+#[cfg(feature = "redis")]
+pub(crate) fn redis_connection(rt: &Runtime) -> Option<redis::aio::MultiplexedConnection> {
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let connect = {
+        let url = url.clone();
+        async move {
+            let client = redis::Client::open(url.as_str()).ok()?;
+            let connect = client.get_multiplexed_async_connection();
+            let mut connection = tokio::time::timeout(Duration::from_secs(2), connect)
+                .await
+                .ok()?
+                .ok()?;
+            let pong: String = redis::cmd("PING").query_async(&mut connection).await.ok()?;
+            (pong == "PONG").then_some(connection)
+        }
+    };
+    let connection = on_runtime(rt, connect);
+    if connection.is_none() {
+        println!("redis benchmarks skipped: no server at {url}");
+    }
+    connection
+}
+
+/// How long the Redis benchmarks keep records: long enough for a sample, short enough that
+/// the server does not fill up.
+#[cfg(feature = "redis")]
+pub(crate) const REDIS_TTL: Duration = Duration::from_secs(10);
+
+/// A Redis store under a key prefix of its own, so that the benchmarks never meet other keys.
+#[cfg(feature = "redis")]
+pub(crate) fn redis_store(
+    connection: &redis::aio::MultiplexedConnection,
+) -> tower_idempotency::store::RedisStore<redis::aio::MultiplexedConnection> {
+    tower_idempotency::store::RedisStore::new(connection.clone(), REDIS_TTL)
+        .with_prefix(format!("bench:{}:", fresh_prefix()))
 }
 
 /// Runs `make` on a worker of `rt` (for set-up that needs the runtime).

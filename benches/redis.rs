@@ -1,0 +1,311 @@
+//! The layer over `RedisStore` against the raw `redis` client doing the same round trips, on
+//! the local server (`REDIS_URL`, default `redis://127.0.0.1:6379`), at 1, 8 and 64 concurrent
+//! tasks:
+//!
+//! - first execution: the layered router with a fresh key per request (claim, handler, record:
+//!   two round trips) against `SET NX PX` + `SET PX` of a record of the same size;
+//! - replay: the layered router with a completed key (one round trip) against `GET`.
+//!
+//! Before timing, a counting connection checks that the layer makes exactly those round trips.
+//! Every key lives under a random prefix of this run and expires by itself; nothing is flushed.
+//! Without a reachable server the benchmark says so in one line and does nothing.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use common::{Key, Load, Ratio, Target};
+use criterion::{BenchmarkId, Criterion, Throughput};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tokio::runtime::Runtime;
+use tower_idempotency::fingerprint::Fingerprint;
+use tower_idempotency::record::StoredResponse;
+use tower_idempotency::store::{Begin, OwnerToken, Record, RedisStore, Store, StoreKey};
+
+const CONCURRENCY: [u64; 3] = [1, 8, 64];
+
+/// A connection that counts the round trips made through it.
+#[derive(Clone)]
+struct Counting {
+    inner: MultiplexedConnection,
+    round_trips: Arc<AtomicU64>,
+}
+
+impl ConnectionLike for Counting {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.inner.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+/// Round trips per first execution and per replay, through the layer.
+fn round_trips(rt: &Runtime, connection: &MultiplexedConnection) -> (f64, f64) {
+    const N: u64 = 200;
+    let counter = Arc::new(AtomicU64::new(0));
+    let counting = Counting {
+        inner: connection.clone(),
+        round_trips: Arc::clone(&counter),
+    };
+    let store = RedisStore::new(counting, common::REDIS_TTL)
+        .with_prefix(format!("bench:{}:", common::fresh_prefix()));
+    let (router, _) = common::layered(store, 1);
+    // Loads the scripts, so that the counts below are the steady state.
+    common::drive(
+        rt,
+        &Load::post(router.clone(), Key::Fresh(common::fresh_prefix())),
+        1,
+        1,
+    );
+    counter.store(0, Ordering::Relaxed);
+    common::drive(
+        rt,
+        &Load::post(router.clone(), Key::Fresh(common::fresh_prefix())),
+        1,
+        N,
+    );
+    let first = counter.swap(0, Ordering::Relaxed) as f64 / N as f64;
+    let replay = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
+    common::drive(rt, &replay, 1, 1);
+    counter.store(0, Ordering::Relaxed);
+    common::drive(rt, &replay, 1, N);
+    let replays = counter.load(Ordering::Relaxed) as f64 / N as f64;
+    (first, replays)
+}
+
+/// A record of the baseline's response, as the layer stores it.
+fn record() -> Bytes {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let response = StoredResponse::new(StatusCode::CREATED, headers, common::order(0), None);
+    Record::new(Some(Fingerprint::sha256(b"request")), &response)
+        .as_bytes()
+        .clone()
+}
+
+/// The raw client's first execution: claim with `SET NX PX`, then store with `SET PX`.
+async fn raw_first(mut connection: MultiplexedConnection, key: String, record: Bytes) {
+    let claimed: Value = redis::cmd("SET")
+        .arg(&key)
+        .arg(&record[..18])
+        .arg("NX")
+        .arg("PX")
+        .arg(30_000)
+        .query_async(&mut connection)
+        .await
+        .expect("SET NX");
+    assert!(matches!(claimed, Value::Okay), "{claimed:?}");
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&record[..])
+        .arg("PX")
+        .arg(common::REDIS_TTL.as_millis() as u64)
+        .query_async(&mut connection)
+        .await
+        .expect("SET");
+}
+
+/// The store alone, as the layer drives it, without HTTP: `begin` + `complete` for a first
+/// execution, `begin` on a completed key for a replay.
+async fn store_calls(
+    store: Arc<RedisStore<MultiplexedConnection>>,
+    key: String,
+    record: Record,
+    replay: bool,
+) {
+    let key = StoreKey::new(None, &key);
+    let token = OwnerToken::generate();
+    let lease = Duration::from_secs(30);
+    let fingerprint = record.fingerprint().copied();
+    match store
+        .begin(&key, fingerprint.as_ref(), token, lease)
+        .await
+        .expect("begin")
+    {
+        Begin::New if !replay => store
+            .complete(&key, token, &record)
+            .await
+            .expect("complete"),
+        Begin::Completed(_) if replay => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection) {
+    let record = record();
+    let stored = Record::from_bytes(record.clone()).expect("a record");
+
+    let mut group = c.benchmark_group("redis_first");
+    group.throughput(Throughput::Elements(1));
+    for tasks in CONCURRENCY {
+        group.bench_with_input(BenchmarkId::new("layered", tasks), &tasks, |b, &tasks| {
+            let (router, _) = common::layered(common::redis_store(connection), 1);
+            let load = Load::post(router, Key::Fresh(common::fresh_prefix()));
+            b.iter_custom(|iters| common::drive(rt, &load, tasks, iters));
+        });
+        group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
+            let prefix = format!("bench:{}:", common::fresh_prefix());
+            b.iter_custom(|iters| {
+                let (connection, prefix, record) =
+                    (connection.clone(), prefix.clone(), record.clone());
+                common::drive_fn(rt, tasks, iters, move |n| {
+                    raw_first(connection.clone(), format!("{prefix}{n}"), record.clone())
+                })
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
+            let store = Arc::new(common::redis_store(connection));
+            let prefix = common::fresh_prefix();
+            b.iter_custom(|iters| {
+                let (store, prefix, stored) = (Arc::clone(&store), prefix.clone(), stored.clone());
+                common::drive_fn(rt, tasks, iters, move |n| {
+                    store_calls(
+                        Arc::clone(&store),
+                        format!("{prefix}-{n}"),
+                        stored.clone(),
+                        false,
+                    )
+                })
+            });
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("redis_replay");
+    group.throughput(Throughput::Elements(1));
+    for tasks in CONCURRENCY {
+        group.bench_with_input(BenchmarkId::new("layered", tasks), &tasks, |b, &tasks| {
+            let (router, executions) = common::layered(common::redis_store(connection), 1);
+            let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
+            common::drive(rt, &load, 1, 1);
+            b.iter_custom(|iters| common::drive(rt, &load, tasks, iters));
+            assert_eq!(executions.total(), 1, "one execution, replays since");
+        });
+        group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
+            let key = format!("bench:{}:replayed", common::fresh_prefix());
+            let set_up = (connection.clone(), key.clone(), record.clone());
+            common::on_runtime(rt, async move {
+                let (mut connection, key, record) = set_up;
+                let () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&record[..])
+                    .arg("PX")
+                    .arg(600_000)
+                    .query_async(&mut connection)
+                    .await
+                    .expect("SET");
+            });
+            b.iter_custom(|iters| {
+                let (connection, key) = (connection.clone(), key.clone());
+                common::drive_fn(rt, tasks, iters, move |_| {
+                    let (mut connection, key) = (connection.clone(), key.clone());
+                    async move {
+                        let value: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(&key)
+                            .query_async(&mut connection)
+                            .await
+                            .expect("GET");
+                        assert!(value.is_some());
+                    }
+                })
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
+            let store = Arc::new(common::redis_store(connection));
+            let set_up = (Arc::clone(&store), stored.clone());
+            common::on_runtime(
+                rt,
+                store_calls(set_up.0, "replayed".to_owned(), set_up.1, false),
+            );
+            b.iter_custom(|iters| {
+                let (store, stored) = (Arc::clone(&store), stored.clone());
+                common::drive_fn(rt, tasks, iters, move |_| {
+                    store_calls(
+                        Arc::clone(&store),
+                        "replayed".to_owned(),
+                        stored.clone(),
+                        true,
+                    )
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+fn main() {
+    let since = SystemTime::now();
+    let rt = common::runtime();
+    let Some(connection) = common::redis_connection(&rt) else {
+        return;
+    };
+    let (first_trips, replay_trips) = round_trips(&rt, &connection);
+    let mut c = common::criterion();
+    bench(&mut c, &rt, &connection);
+    let mut ratios = Vec::new();
+    for (question, group) in [
+        ("first execution", "redis_first"),
+        ("replay", "redis_replay"),
+    ] {
+        for tasks in CONCURRENCY {
+            let label = match (question, tasks) {
+                ("first execution", 1) => "first execution, Redis, 1 task (throughput vs raw)",
+                ("first execution", 8) => "first execution, Redis, 8 tasks (throughput vs raw)",
+                ("first execution", _) => "first execution, Redis, 64 tasks (throughput vs raw)",
+                (_, 1) => "replay, Redis, 1 task (throughput vs raw)",
+                (_, 8) => "replay, Redis, 8 tasks (throughput vs raw)",
+                _ => "replay, Redis, 64 tasks (throughput vs raw)",
+            };
+            let target = if tasks == 1 {
+                Target::None
+            } else {
+                Target::AtLeast(0.85)
+            };
+            ratios.push(Ratio::throughput(
+                label,
+                &format!("{group}/layered/{tasks}"),
+                &format!("{group}/raw/{tasks}"),
+                target,
+            ));
+            ratios.push(Ratio::throughput(
+                "  the store's calls alone, no HTTP (throughput vs raw)",
+                &format!("{group}/store/{tasks}"),
+                &format!("{group}/raw/{tasks}"),
+                Target::None,
+            ));
+        }
+    }
+    common::report("redis", since, &ratios);
+    if common::benchmarking() {
+        let met = |n: f64, want: f64| if n == want { "yes" } else { "**no**" };
+        common::publish(
+            "redis_round_trips",
+            &format!(
+                "\nredis round trips per request (counted on the connection)\n\n| request | round trips | target | met |\n| --- | ---: | ---: | --- |\n| first execution | {first_trips:.2} | 2 | {} |\n| replay | {replay_trips:.2} | 1 | {} |\n",
+                met(first_trips, 2.0),
+                met(replay_trips, 1.0)
+            ),
+        );
+    }
+}
