@@ -2,7 +2,8 @@
 //! per key, 16 000 requests), in the same order, so duplicates of a key arrive together. The
 //! layered router must run the handler exactly once per key (checked after every batch);
 //! the others get a replay or a `409`. The bare router runs all 16 000. Throughput is compared
-//! with the bare router's; the Redis variant runs when a server is reachable (`REDIS_URL`).
+//! with the bare router's; the Redis variant runs with `--all-features` when a server answers
+//! at `REDIS_URL`.
 
 mod common;
 
@@ -96,6 +97,13 @@ fn bench(c: &mut Criterion, rt: &Runtime) {
         let make = || common::layered(MemoryStore::new(), KEYS as usize);
         b.iter_custom(|iters| batches(rt, iters, &orders, &make, 1));
     });
+    #[cfg(feature = "redis")]
+    if let Some(connection) = common::redis_connection(rt) {
+        group.bench_function("redis", |b| {
+            let make = || common::layered(common::redis_store(&connection), KEYS as usize);
+            b.iter_custom(|iters| batches(rt, iters, &orders, &make, 1));
+        });
+    }
     group.finish();
 }
 
@@ -107,11 +115,19 @@ fn main() {
     common::report(
         "contention",
         since,
-        &[Ratio::throughput(
-            "8 tasks × 2000 keys × 8 duplicates, MemoryStore (throughput)",
-            "contention/memory",
-            "contention/baseline",
-            Target::AtLeast(1.0),
-        )],
+        &[
+            Ratio::throughput(
+                "8 tasks × 2000 keys × 8 duplicates, MemoryStore (throughput)",
+                "contention/memory",
+                "contention/baseline",
+                Target::AtLeast(1.0),
+            ),
+            Ratio::throughput(
+                "8 tasks × 2000 keys × 8 duplicates, RedisStore (throughput)",
+                "contention/redis",
+                "contention/baseline",
+                Target::None,
+            ),
+        ],
     );
 }

@@ -245,6 +245,13 @@ impl OwnerToken {
     pub fn generate() -> Self {
         static PROCESS: OnceLock<u64> = OnceLock::new();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        /// Each thread takes blocks of this many counter values, so that threads do not fight
+        /// over one cache line for every claim.
+        const BLOCK: u64 = 1 << 16;
+        thread_local! {
+            /// The next value of this thread's block, and the end of the block.
+            static NEXT: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+        }
         let process = *PROCESS.get_or_init(|| {
             // Without an OS random source, fall back to the std hasher's random keys.
             getrandom::u64().unwrap_or_else(|_| {
@@ -252,7 +259,15 @@ impl OwnerToken {
                 RandomState::new().hash_one(std::process::id())
             })
         });
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let n = NEXT.with(|next| {
+            let (mut n, mut end) = next.get();
+            if n == end {
+                n = COUNTER.fetch_add(BLOCK, Ordering::Relaxed);
+                end = n + BLOCK;
+            }
+            next.set((n + 1, end));
+            n
+        });
         Self::from_u128((u128::from(process) << 64) | u128::from(n))
     }
 

@@ -397,6 +397,9 @@ pub(crate) enum Kind {
     Time,
     /// variant throughput / baseline throughput: higher is better.
     Throughput,
+    /// 1 + (variant time − reference time) / baseline time: what the variant adds to a request
+    /// of its own kind, as a share of the baseline request.
+    Added(&'static str),
 }
 
 /// What a [`Ratio`] must reach.
@@ -408,6 +411,22 @@ pub(crate) enum Target {
 }
 
 impl Ratio {
+    pub(crate) fn added(
+        label: &'static str,
+        variant: &str,
+        reference: &'static str,
+        baseline: &str,
+        target: Target,
+    ) -> Self {
+        Self {
+            label,
+            variant: variant.to_owned(),
+            baseline: baseline.to_owned(),
+            kind: Kind::Added(reference),
+            target,
+        }
+    }
+
     pub(crate) fn time(label: &'static str, variant: &str, baseline: &str, target: Target) -> Self {
         Self {
             label,
@@ -492,6 +511,9 @@ pub(crate) fn report(bench: &str, since: SystemTime, ratios: &[Ratio]) {
         let ratio = match (v, b, r.kind) {
             (Some(v), Some(b), Kind::Time) => Some(v / b),
             (Some(v), Some(b), Kind::Throughput) => Some(b / v),
+            (Some(v), Some(b), Kind::Added(reference)) => {
+                estimate(reference, since).map(|reference| 1.0 + (v - reference) / b)
+            }
             _ => None,
         };
         let target = match r.target {
@@ -511,10 +533,14 @@ pub(crate) fn report(bench: &str, since: SystemTime, ratios: &[Ratio]) {
                 (format!("{x:.3}"), met)
             }
         };
+        let variant = match r.kind {
+            Kind::Added(reference) => format!("`{}` − `{reference}`", r.variant),
+            _ => format!("`{}`", r.variant),
+        };
         let _ = writeln!(
             out,
-            "| {} | `{}` | `{}` | {ratio} | {target} | {met} |",
-            r.label, r.variant, r.baseline
+            "| {} | {variant} | `{}` | {ratio} | {target} | {met} |",
+            r.label, r.baseline
         );
     }
     publish(bench, &out);
