@@ -278,7 +278,14 @@ impl<St: Store> Flow<St> {
                 Err(e) => match Box::pin(self.resolve(key, token, e)).await {
                     Ok(Some(found)) => found,
                     Ok(None) => return Claim::Owner,
-                    Err(e) => return self.store_failed(key, e),
+                    Err(e) => {
+                        if e.kind().is_ambiguous() {
+                            // The claim may have landed unseen: free it rather than leave
+                            // retries a lease of 409s.
+                            self.settle_later(key, token, Settle::Release, true);
+                        }
+                        return self.store_failed(key, e);
+                    }
                 },
             };
             let theirs = match &found {
@@ -363,6 +370,49 @@ impl<St: Store> Flow<St> {
         );
         res.extensions_mut().insert(Outcome::Replayed);
         res
+    }
+
+    /// Re-sends a `complete` or `release` whose effect is unknown, in a task of its own, until
+    /// it lands, the store refuses it, or the lease is surely over (a re-send by the same token
+    /// is harmless). Without it a lost `complete` would let a retry run the request again once
+    /// the lease ran out. The task is tracked, so [`DetachedTasks::drain`] waits for it.
+    ///
+    /// [`DetachedTasks::drain`]: crate::DetachedTasks::drain
+    fn settle_later(&self, key: &StoreKey, token: OwnerToken, settle: Settle, pause_first: bool) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key) = (Arc::clone(&self.store), key.clone());
+        let config = &self.config;
+        let (limit, deadline) = (config.store_timeout, Instant::now() + config.lease);
+        let task = async move {
+            let mut pause = Duration::from_millis(50);
+            if pause_first {
+                tokio::time::sleep(pause).await;
+            }
+            loop {
+                let result = match &settle {
+                    Settle::Complete(record) => {
+                        tokio::time::timeout(limit, store.complete(&key, token, record)).await
+                    }
+                    Settle::Release => {
+                        tokio::time::timeout(limit, store.release(&key, token)).await
+                    }
+                };
+                match result {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) if !e.kind().is_ambiguous() => return,
+                    _ => {}
+                }
+                if Instant::now() + pause >= deadline {
+                    tracing::error!(key = %key.key(), "the store did not answer before the lease ran out");
+                    return;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        };
+        handle.spawn(config.tasks.track_future(task));
     }
 
     /// Runs a store call under the store timeout.
@@ -532,7 +582,12 @@ impl<St: Store> Owner<St> {
             Ok(()) => {}
             Err(e) if e.kind().is_ambiguous() => {
                 tracing::warn!(key = %self.key.key(), error = %e, "recording the response may have failed; re-sending it");
-                self.settle_later(Settle::Complete(record.clone()), true);
+                self.flow.settle_later(
+                    &self.key,
+                    self.token,
+                    Settle::Complete(record.clone()),
+                    true,
+                );
             }
             Err(e) => {
                 tracing::error!(key = %self.key.key(), error = %e, "the store refused the record (the lease was lost?)");
@@ -552,57 +607,15 @@ impl<St: Store> Owner<St> {
             Ok(()) => {}
             Err(e) if e.kind().is_ambiguous() => {
                 tracing::warn!(key = %self.key.key(), error = %e, "releasing the claim may have failed; re-sending it");
-                self.settle_later(Settle::Release, true);
+                self.flow
+                    .settle_later(&self.key, self.token, Settle::Release, true);
             }
             Err(_) => {}
         }
     }
-
-    /// Re-sends a `complete` or `release` whose effect is unknown, in a task of its own, until
-    /// it lands, the store refuses it, or the lease is surely over (a re-send by the same token
-    /// is harmless). Without it a lost `complete` would let a retry run the request again once
-    /// the lease ran out. The task is tracked, so [`DetachedTasks::drain`] waits for it.
-    ///
-    /// [`DetachedTasks::drain`]: crate::DetachedTasks::drain
-    fn settle_later(&self, settle: Settle, pause_first: bool) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (store, key, token) = (Arc::clone(&self.flow.store), self.key.clone(), self.token);
-        let config = &self.flow.config;
-        let (limit, deadline) = (config.store_timeout, Instant::now() + config.lease);
-        let task = async move {
-            let mut pause = Duration::from_millis(50);
-            if pause_first {
-                tokio::time::sleep(pause).await;
-            }
-            loop {
-                let result = match &settle {
-                    Settle::Complete(record) => {
-                        tokio::time::timeout(limit, store.complete(&key, token, record)).await
-                    }
-                    Settle::Release => {
-                        tokio::time::timeout(limit, store.release(&key, token)).await
-                    }
-                };
-                match result {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) if !e.kind().is_ambiguous() => return,
-                    _ => {}
-                }
-                if Instant::now() + pause >= deadline {
-                    tracing::error!(key = %key.key(), "the store did not answer before the lease ran out");
-                    return;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-        };
-        handle.spawn(config.tasks.track_future(task));
-    }
 }
 
-/// What [`Owner::settle_later`] re-sends.
+/// What [`Flow::settle_later`] re-sends.
 enum Settle {
     Complete(Record),
     Release,
@@ -613,7 +626,8 @@ impl<St: Store> Drop for Owner<St> {
     /// release the claim so that a retry runs again.
     fn drop(&mut self) {
         if self.armed && !std::thread::panicking() {
-            self.settle_later(Settle::Release, false);
+            self.flow
+                .settle_later(&self.key, self.token, Settle::Release, false);
         }
     }
 }

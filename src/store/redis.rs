@@ -221,7 +221,8 @@ return 0
 ///   a retry may run again. Leave `maxmemory` headroom for records in flight.
 /// - **Ambiguous errors.** A timeout or a broken connection says nothing about whether the
 ///   command ran ([`StoreErrorKind::is_ambiguous`]): a timed-out `begin` may have claimed the key.
-///   The claim then expires with its lease; until then retries get `409`.
+///   The layer reads the key back; when it cannot tell, it answers `503` and releases the claim
+///   its token may hold in the background, so retries are not held off for a whole lease.
 ///
 /// # Errors
 ///
