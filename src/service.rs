@@ -514,8 +514,8 @@ impl<St: Store> Owner<St> {
                 self.release("the response is retryable").await;
                 return Ok(Response::from_parts(parts, ResponseBody::new(body)));
             }
-            let config = Arc::clone(&self.flow.config);
-            let body = match self.renewing(buffer(body, config.max_response_body)).await {
+            let limit = self.flow.config.max_response_body;
+            let body = match self.renewing(buffer(body, limit)).await {
                 Buffered::Complete { data, trailers }
                     if chosen.is_none()
                         && trailers.as_ref().and_then(Disposition::from_grpc_headers)
@@ -525,7 +525,8 @@ impl<St: Store> Owner<St> {
                     ResponseBody::full(data, trailers)
                 }
                 Buffered::Complete { data, trailers } => {
-                    let skip = |name: &http::HeaderName| !config.skipped_headers.contains(name);
+                    let skipped = &self.flow.config.skipped_headers;
+                    let skip = |name: &http::HeaderName| !skipped.contains(name);
                     let record = Record::filtered(
                         self.fingerprint,
                         parts.status,
