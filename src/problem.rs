@@ -21,7 +21,7 @@
 //! | in progress | `409` + `Retry-After` | `ABORTED` + `retry-after` |
 //! | mismatch | `422` (configurable) | `FAILED_PRECONDITION` |
 //! | response not stored | `409` | `ALREADY_EXISTS` |
-//! | store unavailable, shutting down | `503` + `Retry-After` | `UNAVAILABLE` + `retry-after` |
+//! | store unavailable | `503` + `Retry-After` | `UNAVAILABLE` + `retry-after` |
 //!
 //! # Missing key
 //! `400`: the layer is configured to [require](crate::IdempotencyLayer::require_key) a key and
@@ -57,10 +57,6 @@
 //! `503` with `Retry-After`: the store failed or timed out, so the layer cannot tell whether the
 //! request already ran. It fails closed and runs nothing (see
 //! [`fail_open`](crate::IdempotencyLayer::fail_open)).
-//!
-//! # Shutting down
-//! `503` with `Retry-After`: the runtime shut down while the request ran detached. It keeps its
-//! claim until the lease runs out; nothing partial is recorded.
 
 use std::fmt::{self, Write as _};
 use std::time::Duration;
@@ -96,8 +92,6 @@ pub enum ProblemKind {
     ResponseNotStored,
     /// The store failed; the layer failed closed.
     StoreUnavailable,
-    /// The runtime shut down while the request ran.
-    ShuttingDown,
 }
 
 impl ProblemKind {
@@ -111,7 +105,6 @@ impl ProblemKind {
             Self::Mismatch => "mismatch",
             Self::ResponseNotStored => "response-not-stored",
             Self::StoreUnavailable => "store-unavailable",
-            Self::ShuttingDown => "shutting-down",
         }
     }
 
@@ -125,7 +118,6 @@ impl ProblemKind {
             Self::Mismatch => "Idempotency key reused for a different request",
             Self::ResponseNotStored => "Response not stored",
             Self::StoreUnavailable => "Idempotency store unavailable",
-            Self::ShuttingDown => "Shutting down",
         }
     }
 }
@@ -158,9 +150,7 @@ impl Problem {
             ProblemKind::InProgress => (StatusCode::CONFLICT, Some(retry_after)),
             ProblemKind::Mismatch => (mismatch, None),
             ProblemKind::ResponseNotStored => (StatusCode::CONFLICT, None),
-            ProblemKind::StoreUnavailable | ProblemKind::ShuttingDown => {
-                (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after))
-            }
+            ProblemKind::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after)),
         };
         Self {
             kind,
@@ -189,7 +179,7 @@ impl Problem {
             ProblemKind::InProgress => 10,
             ProblemKind::Mismatch => 9,
             ProblemKind::ResponseNotStored => 6,
-            ProblemKind::StoreUnavailable | ProblemKind::ShuttingDown => 14,
+            ProblemKind::StoreUnavailable => 14,
         }
     }
 
@@ -230,9 +220,6 @@ impl Problem {
             }
             ProblemKind::StoreUnavailable => {
                 "the idempotency store is unavailable; the request was not processed".into()
-            }
-            ProblemKind::ShuttingDown => {
-                "the server is shutting down; the request's outcome is unknown".into()
             }
         }
     }
@@ -403,7 +390,6 @@ mod tests {
             (ProblemKind::Mismatch, 422),
             (ProblemKind::ResponseNotStored, 409),
             (ProblemKind::StoreUnavailable, 503),
-            (ProblemKind::ShuttingDown, 503),
         ];
         for (kind, status) in cases {
             let res = problem(kind).to_response();

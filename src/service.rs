@@ -671,7 +671,7 @@ pub(crate) fn problem<B: Body>(
         ProblemKind::InProgress => Outcome::Conflict,
         ProblemKind::Mismatch => Outcome::Mismatch,
         ProblemKind::ResponseNotStored => Outcome::NotStored,
-        ProblemKind::StoreUnavailable | ProblemKind::ShuttingDown => Outcome::StoreUnavailable,
+        ProblemKind::StoreUnavailable => Outcome::StoreUnavailable,
         _ => Outcome::Rejected,
     };
     let mut res = config
