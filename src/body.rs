@@ -49,7 +49,7 @@ impl<B> RequestBody<B> {
     pub(crate) fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             kind: RequestKind::Buffered {
-                data: (!data.is_empty()).then_some(data),
+                data: non_empty(data),
                 trailers,
             },
         }
@@ -127,7 +127,7 @@ impl<B: Body> ResponseBody<B> {
     pub(crate) fn full(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             kind: ResponseKind::Full {
-                data: (!data.is_empty()).then_some(data),
+                data: non_empty(data),
                 trailers,
                 error: None,
             },
@@ -138,7 +138,7 @@ impl<B: Body> ResponseBody<B> {
     pub(crate) fn failed(data: Bytes, error: B::Error) -> Self {
         Self {
             kind: ResponseKind::Full {
-                data: (!data.is_empty()).then_some(data),
+                data: non_empty(data),
                 trailers: None,
                 error: Some(error),
             },
@@ -149,7 +149,7 @@ impl<B: Body> ResponseBody<B> {
     pub(crate) fn chained(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
         Self {
             kind: ResponseKind::Chained {
-                prefix: (!prefix.is_empty()).then_some(prefix),
+                prefix: non_empty(prefix),
                 rest,
             },
         }
@@ -235,6 +235,11 @@ impl<B: Body> Body for ResponseBody<B> {
             }
         }
     }
+}
+
+/// `None` for no bytes, so that an empty body ends at once (`is_end_stream`) and sends no frame.
+fn non_empty(data: Bytes) -> Option<Bytes> {
+    (!data.is_empty()).then_some(data)
 }
 
 /// Polls a frame and turns its data into `Bytes` (free when it already is `Bytes`).

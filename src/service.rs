@@ -312,7 +312,7 @@ impl<St: Store> Flow<St> {
     /// Waits until the owner of `key` may be done, or a short pause when the store cannot say.
     async fn wait_for_owner(&self, key: &StoreKey, deadline: Instant, now: Instant) {
         let wait = self.store.wait(key, deadline - now);
-        if let Err(e) = self.bounded_by(deadline - now, wait).await {
+        if let Err(e) = bounded(deadline - now, wait).await {
             tracing::debug!(error = %e, "waiting for the owner failed");
             let pause = deadline.min(now + DEFAULT_POLL_INTERVAL);
             tokio::time::sleep_until(pause).await;
@@ -393,16 +393,14 @@ impl<St: Store> Flow<St> {
             loop {
                 let result = match &settle {
                     Settle::Complete(record) => {
-                        tokio::time::timeout(limit, store.complete(&key, token, record)).await
+                        bounded(limit, store.complete(&key, token, record)).await
                     }
-                    Settle::Release => {
-                        tokio::time::timeout(limit, store.release(&key, token)).await
-                    }
+                    Settle::Release => bounded(limit, store.release(&key, token)).await,
                 };
                 match result {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) if !e.kind().is_ambiguous() => return,
-                    _ => {}
+                    Ok(()) => return,
+                    Err(e) if !e.kind().is_ambiguous() => return,
+                    Err(_) => {}
                 }
                 if Instant::now() + pause >= deadline {
                     tracing::error!(key = %key.key(), "the store did not answer before the lease ran out");
@@ -417,15 +415,16 @@ impl<St: Store> Flow<St> {
 
     /// Runs a store call under the store timeout.
     fn bounded<F: Future>(&self, op: F) -> Bounded<F> {
-        self.bounded_by(self.config.store_timeout, op)
+        bounded(self.config.store_timeout, op)
     }
+}
 
-    fn bounded_by<F: Future>(&self, limit: Duration, op: F) -> Bounded<F> {
-        Bounded {
-            op,
-            limit,
-            timer: None,
-        }
+/// Runs a store call under `limit`: past it, the call fails with [`StoreErrorKind::Timeout`].
+fn bounded<F: Future>(limit: Duration, op: F) -> Bounded<F> {
+    Bounded {
+        op,
+        limit,
+        timer: None,
     }
 }
 
