@@ -7,6 +7,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -118,8 +119,9 @@ const MAX_SHARDS: usize = 1 << 16;
 ///   `begin` or `complete` in their shard, expired claims when their key is used again or when
 ///   their shard needs room (before any live record is evicted).
 /// - The `ENTRY_OVERHEAD` charge covers the entry, its hash-table slot and its place in the
-///   eviction queue (about 250 bytes on 64-bit targets). Hash tables and queues grow by doubling,
-///   so right after a growth step the real overhead is up to about twice that until they fill.
+///   eviction queue (about 160 bytes on 64-bit targets, charged as 256). Hash tables and queues
+///   grow by doubling, so right after a growth step the real overhead is up to about twice that
+///   until they fill.
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
@@ -417,27 +419,34 @@ struct Slot {
     state: State,
 }
 
+// The entry's size is most of what the store spends on a record besides the record itself, so
+// both states fit in the 32 bytes of a `Bytes`: a claim is boxed (claims are few and live for
+// one execution, records are many and live for the retention time), and a record is kept as
+// its encoding and parsed again when it is read (the replay decodes it anyway).
 enum State {
-    Claimed {
-        fingerprint: Option<Fingerprint>,
-        /// Created by the first `wait` on the claim, woken when the claim ends.
-        waiters: Option<Arc<Notify>>,
-    },
-    Completed(Record),
+    Claimed(Box<Claim>),
+    /// The encoding of the [`Record`] (see [`Record::as_bytes`]).
+    Completed(Bytes),
+}
+
+struct Claim {
+    fingerprint: Option<Fingerprint>,
+    /// Created by the first `wait` on the claim, woken when the claim ends.
+    waiters: Option<Arc<Notify>>,
 }
 
 impl Slot {
     fn cost(&self) -> usize {
         MemoryStore::ENTRY_OVERHEAD
             + match &self.state {
-                State::Claimed { .. } => 0,
-                State::Completed(record) => record.as_bytes().len(),
+                State::Claimed(_) => 0,
+                State::Completed(record) => record.len(),
             }
     }
 
     /// Whether the slot is a claim held by `token` whose lease has not ended.
     fn is_held_by(&self, token: OwnerToken, now: Tick) -> bool {
-        self.until > now && self.token == token && matches!(self.state, State::Claimed { .. })
+        self.until > now && self.token == token && matches!(self.state, State::Claimed(_))
     }
 }
 
@@ -466,19 +475,17 @@ impl Shard {
         if let Some(slot) = self.map.get_mut(&digest) {
             if slot.until > now {
                 return Ok(match &mut slot.state {
-                    State::Claimed {
-                        fingerprint: held, ..
-                    } if slot.token == token => {
+                    State::Claimed(claim) if slot.token == token => {
                         // The same owner again (a re-sent command): it keeps the key.
-                        *held = fingerprint.copied();
+                        claim.fingerprint = fingerprint.copied();
                         slot.until = now.after(lease);
                         self.earliest_lease = self.earliest_lease.min(slot.until);
                         Begin::New
                     }
-                    State::Claimed {
-                        fingerprint: held, ..
-                    } => Begin::InProgress { fingerprint: *held },
-                    State::Completed(record) => Begin::Completed(record.clone()),
+                    State::Claimed(claim) => Begin::InProgress {
+                        fingerprint: claim.fingerprint,
+                    },
+                    State::Completed(record) => Begin::Completed(Record::from_bytes(record.clone())?),
                 });
             }
             self.remove(&digest);
@@ -492,10 +499,10 @@ impl Shard {
             Slot {
                 until,
                 token,
-                state: State::Claimed {
+                state: State::Claimed(Box::new(Claim {
                     fingerprint: fingerprint.copied(),
                     waiters: None,
-                },
+                })),
             },
         );
         self.earliest_lease = self.earliest_lease.min(until);
@@ -529,7 +536,7 @@ impl Shard {
         self.remove(&digest);
         let cost = MemoryStore::ENTRY_OVERHEAD + record.as_bytes().len();
         let record = if self.make_room(limits, now, cost) || cost <= limits.total_bytes {
-            record.clone()
+            record.as_bytes().clone()
         } else {
             tracing::warn!(
                 record_bytes = record.as_bytes().len(),
@@ -537,6 +544,8 @@ impl Shard {
                 "record is larger than the memory store; the key is completed without its response"
             );
             Record::not_stored(record.fingerprint().copied())
+                .as_bytes()
+                .clone()
         };
         let until = now.after(ttl);
         self.insert(
@@ -551,19 +560,21 @@ impl Shard {
         Ok(())
     }
 
-    fn get(&mut self, now: Tick, digest: Digest) -> Option<Entry> {
-        let slot = self.map.get(&digest)?;
+    fn get(&mut self, now: Tick, digest: Digest) -> Result<Option<Entry>, StoreError> {
+        let Some(slot) = self.map.get(&digest) else {
+            return Ok(None);
+        };
         if slot.until <= now {
             self.remove(&digest);
-            return None;
+            return Ok(None);
         }
-        Some(match &slot.state {
-            State::Claimed { fingerprint, .. } => Entry::InProgress {
-                fingerprint: *fingerprint,
+        Ok(Some(match &slot.state {
+            State::Claimed(claim) => Entry::InProgress {
+                fingerprint: claim.fingerprint,
                 token: slot.token,
             },
-            State::Completed(record) => Entry::Completed(record.clone()),
-        })
+            State::Completed(record) => Entry::Completed(Record::from_bytes(record.clone())?),
+        }))
     }
 
     fn release(&mut self, now: Tick, digest: Digest, token: OwnerToken) -> Result<(), StoreError> {
@@ -602,10 +613,8 @@ impl Shard {
     fn remove(&mut self, digest: &Digest) {
         if let Some(slot) = self.map.remove(digest) {
             self.bytes -= slot.cost();
-            if let State::Claimed {
-                waiters: Some(waiters),
-                ..
-            } = slot.state
+            if let State::Claimed(claim) = slot.state
+                && let Some(waiters) = claim.waiters
             {
                 // Wakers only schedule their tasks, so this is fine under the shard lock; and
                 // under the lock, no `Notified` created by `wait` can miss it.
@@ -724,7 +733,7 @@ impl Store for MemoryStore {
     async fn get(&self, key: &StoreKey) -> Result<Option<Entry>, StoreError> {
         let mut shard = self.shard(key);
         let now = self.inner.now();
-        Ok(shard.get(now, Digest(*key.digest())))
+        shard.get(now, Digest(*key.digest()))
     }
 
     async fn release(&self, key: &StoreKey, token: OwnerToken) -> Result<(), StoreError> {
@@ -757,13 +766,13 @@ impl Store for MemoryStore {
             let Some(slot) = shard.map.get_mut(&Digest(*key.digest())) else {
                 return Ok(());
             };
-            let State::Claimed { waiters, .. } = &mut slot.state else {
+            let State::Claimed(claim) = &mut slot.state else {
                 return Ok(());
             };
             if slot.until <= now {
                 return Ok(());
             }
-            notify = Arc::clone(waiters.get_or_insert_with(Default::default));
+            notify = Arc::clone(claim.waiters.get_or_insert_with(Default::default));
             // Created under the shard lock, which every `notify_waiters` also holds: the wake-up
             // for the end of this claim cannot come before this `Notified` exists.
             notified = notify.notified();
@@ -1344,6 +1353,9 @@ mod tests {
     fn entries_fit_their_overhead() {
         // Hash-table slot (key and entry) plus eviction-queue item plus the `Bytes` header that
         // sharing a record's buffer allocates; see ENTRY_OVERHEAD.
+        // A claim is boxed and a record kept as its `Bytes`, so an entry is its key, two
+        // words of times and token, and one `Bytes`.
+        assert_eq!(size_of::<(Digest, Slot)>(), 88);
         let table = size_of::<(Digest, Slot)>() + 1;
         let queue = size_of::<(Digest, Tick)>();
         let shared_bytes_header = 32;

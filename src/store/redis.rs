@@ -26,22 +26,6 @@ const HEADER_LEN: usize = 18;
 /// overflow when added to its clock.
 const MAX_PX: u64 = 1 << 46;
 
-/// `begin`. KEYS[1] the record; ARGV[1] token, ARGV[2] fingerprint or empty, ARGV[3] lease ms.
-/// Returns 1 when the caller holds the claim now, else the stored value.
-static BEGIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local claim = '\1\1' .. ARGV[1] .. ARGV[2]
-local v = redis.call('GET', KEYS[1])
-if v == false or string.sub(v, 1, 18) == string.sub(claim, 1, 18) then
-  redis.call('SET', KEYS[1], claim, 'PX', ARGV[3])
-  return 1
-end
-return v
-",
-    )
-});
-
 /// `complete`. KEYS[1] the record; ARGV[1] token, ARGV[2] record, ARGV[3] retention ms.
 /// Returns 1 when the record is stored (now or by an earlier call of the same token), else 0.
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
@@ -100,7 +84,13 @@ return 0
 ///   (ambiguously; the layer answers `503`); on RESP3 (`redis://host/?protocol=resp3`) it hears
 ///   the disconnect and reconnects before the next command;
 /// - [`ClusterConnection`](::redis::cluster_async::ClusterConnection): Redis Cluster; every key
-///   of one record lives in one hash slot, so every operation is a single-slot script.
+///   of one record lives in one hash slot, so every operation is a single-slot command.
+///
+/// It needs **Redis 7.0 or newer** (or a server that speaks its commands): `begin` is a plain
+/// `SET` with `NX` and `GET` together, which older servers refuse; [`check_config`] checks the
+/// version at startup, and on an older server every `begin` fails with an error that says so.
+///
+/// [`check_config`]: RedisStore::check_config
 ///
 /// # Example
 ///
@@ -158,16 +148,18 @@ return 0
 ///
 /// | operation | command | what runs on the server |
 /// | --- | --- | --- |
-/// | `begin` | `EVALSHA` | `GET`; `SET … PX` when free or already held by the same token; else returns the value |
+/// | `begin` | `SET <claim> NX PX <lease> GET` | writes the claim where the key is free; answers with the value it found otherwise |
 /// | `complete` | `EVALSHA` | `GETRANGE 0 17` (owner check); `SET … PX <ttl>` |
 /// | `release` | `EVALSHA` | `GETRANGE 0 17`; `DEL` |
 /// | `renew` | `EVALSHA` | `GETRANGE 0 17`; `PEXPIRE` |
 /// | `get` | `GET` | |
 ///
 /// A `begin` on a completed key returns the record in the same reply, so a replay costs one
-/// round trip. Scripts run by SHA ([`Script`]); after `SCRIPT FLUSH` or a restart, the first call
-/// gets `NOSCRIPT`, loads the script and runs it again (three round trips, once per script and
-/// node). Owner checks compare the stored token inside the script, so they are atomic.
+/// round trip, and the server does what a plain `GET` costs it: `begin`, the one command of
+/// every request, is no script. The owner-checked operations are: scripts run by SHA
+/// ([`Script`]); after `SCRIPT FLUSH` or a restart, the first call gets `NOSCRIPT`, loads the
+/// script and runs it again (three round trips, once per script and node). Owner checks compare
+/// the stored token inside the script, so they are atomic.
 ///
 /// `begin` by a token that already holds the claim answers [`Begin::New`] again, and `complete`
 /// by the token that already completed the key succeeds: a command re-sent after a lost reply is
@@ -347,10 +339,29 @@ where
     /// with an error; then the report is unknown, a warning says so, and the call still succeeds.
     /// On a cluster the command goes to one node: keep the nodes configured alike.
     ///
+    /// It also reads the server's version (`INFO server`): the store needs Redis 7.0 or newer,
+    /// and on an older server the call fails with [`StoreErrorKind::Other`] saying so.
+    ///
     /// Call it once at startup; it is not on any request's path. Fails only when the server
-    /// cannot be reached.
+    /// cannot be reached or is too old.
     pub async fn check_config(&self) -> Result<ConfigReport, StoreError> {
         let mut connection = self.connection.clone();
+        let info: Result<String, RedisError> = ::redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await;
+        let redis_version = match info {
+            Ok(info) => server_version(&info),
+            Err(e) if is_transport_error(&e) => return Err(map_error(e)),
+            Err(_) => None,
+        };
+        if let Some(version) = &redis_version {
+            let major = version.split('.').next().and_then(|m| m.parse::<u32>().ok());
+            if major.is_some_and(|major| major < 7) {
+                let why = format!("RedisStore needs Redis 7.0 or newer; the server is {version}");
+                return Err(StoreError::with_source(StoreErrorKind::Other, why));
+            }
+        }
         let reply: Result<HashMap<String, String>, RedisError> = ::redis::cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory*")
@@ -360,6 +371,7 @@ where
             Ok(config) => ConfigReport {
                 maxmemory: config.get("maxmemory").and_then(|v| v.parse().ok()),
                 maxmemory_policy: config.get("maxmemory-policy").cloned(),
+                redis_version,
             },
             Err(e) if is_transport_error(&e) => return Err(map_error(e)),
             Err(e) => {
@@ -372,6 +384,7 @@ where
                 return Ok(ConfigReport {
                     maxmemory: None,
                     maxmemory_policy: None,
+                    redis_version,
                 });
             }
         };
@@ -422,19 +435,35 @@ where
         token: OwnerToken,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
-        let fingerprint: &[u8] = fingerprint.map_or(&[], |fp| &fp.as_bytes()[..]);
+        // The claim's value; `SET … NX … GET` writes it only where the key is free, and
+        // answers with what the key held otherwise: claim or replay in one plain command.
+        let mut claim = [0; HEADER_LEN + 32];
+        claim[0] = VERSION;
+        claim[1] = CLAIMED;
+        claim[2..HEADER_LEN].copy_from_slice(&token.to_bytes());
+        let len = match fingerprint {
+            Some(fp) => {
+                claim[HEADER_LEN..].copy_from_slice(fp.as_bytes());
+                claim.len()
+            }
+            None => HEADER_LEN,
+        };
         let mut connection = self.connection.clone();
-        let reply: Value = BEGIN
-            .key(self.redis_key(key))
-            .arg(&token.to_bytes()[..])
-            .arg(fingerprint)
+        let reply: Value = ::redis::cmd("SET")
+            .arg(self.redis_key(key))
+            .arg(&claim[..len])
+            .arg("NX")
+            .arg("PX")
             .arg(millis(lease))
-            .invoke_async(&mut connection)
+            .arg("GET")
+            .query_async(&mut connection)
             .await
-            .map_err(map_error)?;
+            .map_err(map_begin_error)?;
         match reply {
-            Value::Int(1) => Ok(Begin::New),
+            Value::Nil => Ok(Begin::New),
             Value::BulkString(value) => match decode(Bytes::from(value))? {
+                // Held by this very token: a re-sent `begin` whose first reply was lost.
+                Entry::InProgress { token: holder, .. } if holder == token => Ok(Begin::New),
                 Entry::InProgress { fingerprint, .. } => Ok(Begin::InProgress { fingerprint }),
                 Entry::Completed(record) => Ok(Begin::Completed(record)),
             },
@@ -511,6 +540,8 @@ pub struct ConfigReport {
     pub maxmemory: Option<u64>,
     /// `maxmemory-policy`; `None` when it could not be read.
     pub maxmemory_policy: Option<String>,
+    /// The server's `redis_version` from `INFO server`; `None` when it could not be read.
+    pub redis_version: Option<String>,
 }
 
 impl ConfigReport {
@@ -522,6 +553,13 @@ impl ConfigReport {
         }
         self.maxmemory_policy.as_ref().map(|_| true)
     }
+}
+
+/// The `redis_version` field of an `INFO server` reply.
+fn server_version(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .map(|v| v.trim().to_owned())
 }
 
 /// Milliseconds for `PX`/`PEXPIRE`: rounded up (a lease is never shorter than asked), at least 1.
@@ -608,6 +646,19 @@ fn map_error(e: RedisError) -> StoreError {
     StoreError::with_source(kind, e)
 }
 
+/// `begin`'s errors. A server older than Redis 7.0 refuses `NX` together with `GET` with a bare
+/// "syntax error"; that error is made to say what it means.
+fn map_begin_error(e: RedisError) -> StoreError {
+    let old_server = e.code() == Some("ERR") && e.detail().is_some_and(|d| d.contains("syntax"));
+    if old_server {
+        let why = format!(
+            "RedisStore needs Redis 7.0 or newer (`SET … NX … GET`); the server answered: {e}"
+        );
+        return StoreError::with_source(StoreErrorKind::Other, why);
+    }
+    map_error(e)
+}
+
 // The store works over the three connection types its docs name.
 const _: fn() = || {
     fn assert_store<S: Store + Clone + fmt::Debug>() {}
@@ -627,6 +678,13 @@ mod tests {
             v.extend_from_slice(fp.as_bytes());
         }
         Bytes::from(v)
+    }
+
+    #[test]
+    fn reads_the_server_version() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(server_version(info).as_deref(), Some("7.0.15"));
+        assert_eq!(server_version("# Server\r\nredis_mode:standalone\r\n"), None);
     }
 
     #[test]
@@ -707,6 +765,7 @@ mod tests {
         let report = |maxmemory, policy: Option<&str>| ConfigReport {
             maxmemory,
             maxmemory_policy: policy.map(String::from),
+            redis_version: None,
         };
         assert_eq!(report(Some(1), Some("noeviction")).may_evict(), Some(false));
         assert_eq!(
