@@ -314,7 +314,8 @@ fn write_fields(out: &mut Vec<u8>, map: &HeaderMap, keep: &dyn Fn(&HeaderName) -
 fn read_fields(bytes: &Bytes, at: usize) -> Result<HeaderMap, DecodeError> {
     let mut r = Reader { bytes, at };
     let count = r.u16()?;
-    let mut map = HeaderMap::with_capacity(usize::from(count));
+    // One more than stored: a replay adds its marker header, and a full map would grow for it.
+    let mut map = HeaderMap::with_capacity(usize::from(count) + 1);
     for _ in 0..count {
         let len = usize::from(r.u16()?);
         let name =

@@ -485,7 +485,9 @@ impl Shard {
                     State::Claimed(claim) => Begin::InProgress {
                         fingerprint: claim.fingerprint,
                     },
-                    State::Completed(record) => Begin::Completed(Record::from_bytes(record.clone())?),
+                    State::Completed(record) => {
+                        Begin::Completed(Record::from_bytes(record.clone())?)
+                    }
                 });
             }
             self.remove(&digest);
@@ -631,15 +633,18 @@ impl Shard {
         )
     }
 
-    /// Drops expired records from the front of the queue, and stale queue items.
+    /// Drops expired records from the front of the queue, and the stale queue items among them.
+    ///
+    /// Runs on every `begin` and `complete`, so it looks at the map only once the front item
+    /// has expired: the front's entry is the oldest record, rarely in the cache. A stale item
+    /// that has not expired yet stays until it has; its key was dropped or released already.
     fn sweep(&mut self, now: Tick) {
         while let Some(&(digest, until)) = self.order.front() {
-            let current = self.is_current(&digest, until);
-            if current && until > now {
+            if until > now {
                 break;
             }
             self.order.pop_front();
-            if current {
+            if self.is_current(&digest, until) {
                 self.remove(&digest);
             }
         }

@@ -356,7 +356,10 @@ where
             Err(_) => None,
         };
         if let Some(version) = &redis_version {
-            let major = version.split('.').next().and_then(|m| m.parse::<u32>().ok());
+            let major = version
+                .split('.')
+                .next()
+                .and_then(|m| m.parse::<u32>().ok());
             if major.is_some_and(|major| major < 7) {
                 let why = format!("RedisStore needs Redis 7.0 or newer; the server is {version}");
                 return Err(StoreError::with_source(StoreErrorKind::Other, why));
@@ -684,7 +687,10 @@ mod tests {
     fn reads_the_server_version() {
         let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
         assert_eq!(server_version(info).as_deref(), Some("7.0.15"));
-        assert_eq!(server_version("# Server\r\nredis_mode:standalone\r\n"), None);
+        assert_eq!(
+            server_version("# Server\r\nredis_mode:standalone\r\n"),
+            None
+        );
     }
 
     #[test]
