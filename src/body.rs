@@ -262,23 +262,27 @@ fn take_buffered<E>(
 }
 
 /// A body read into memory, up to a limit.
-pub(crate) enum Buffered<B: Body> {
+pub(crate) enum Buffered<E> {
     /// The whole body, and its trailers.
     Complete {
         data: Bytes,
         trailers: Option<HeaderMap>,
     },
-    /// The body is longer than the limit: what was read, and the rest.
-    Overflow { prefix: Bytes, rest: Pin<Box<B>> },
+    /// The body is longer than the limit: what was read; the rest is still in the body.
+    Overflow { prefix: Bytes },
     /// The body failed: what was read before, and the error.
-    Failed { prefix: Bytes, error: B::Error },
+    Failed { prefix: Bytes, error: E },
 }
 
 /// Reads `body` until it ends or more than `limit` bytes have come.
 ///
-/// One chunk stays as it is (no copy); more are gathered into one buffer.
-pub(crate) async fn buffer<B: Body>(body: B, limit: usize) -> Buffered<B> {
-    let mut body = Box::pin(body);
+/// One chunk stays as it is (no copy); more are gathered into one buffer. The body is borrowed,
+/// so that a caller that needs the rest after an overflow (a response) can keep it, and one that
+/// does not (a request, answered `413`) can pin it where it is instead of boxing it.
+pub(crate) async fn buffer<B: Body + ?Sized>(
+    mut body: Pin<&mut B>,
+    limit: usize,
+) -> Buffered<B::Error> {
     let mut first: Option<Bytes> = None;
     let mut more: Option<BytesMut> = None;
     let mut len = 0usize;
@@ -289,7 +293,6 @@ pub(crate) async fn buffer<B: Body>(body: B, limit: usize) -> Buffered<B> {
     if body.size_hint().lower() > limit as u64 {
         return Buffered::Overflow {
             prefix: Bytes::new(),
-            rest: body,
         };
     }
     loop {
@@ -331,7 +334,6 @@ pub(crate) async fn buffer<B: Body>(body: B, limit: usize) -> Buffered<B> {
         if len > limit {
             return Buffered::Overflow {
                 prefix: gathered(first, more),
-                rest: body,
             };
         }
     }
@@ -346,6 +348,7 @@ mod tests {
     use super::*;
     use http_body_util::{Full, StreamBody};
     use std::convert::Infallible;
+    use std::pin::pin;
 
     fn chunks(parts: &[&'static [u8]]) -> impl Body<Data = Bytes, Error = Infallible> + use<> {
         let frames: Vec<Result<Frame<Bytes>, Infallible>> = parts
@@ -364,7 +367,7 @@ mod tests {
             Ok(Frame::data(Bytes::from_static(b"cd"))),
             Ok(Frame::trailers(trailers.clone())),
         ];
-        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let body = pin!(StreamBody::new(futures_util::stream::iter(frames)));
         match buffer(body, 10).await {
             Buffered::Complete { data, trailers: t } => {
                 assert_eq!(data, "abcd");
@@ -376,23 +379,23 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_keeps_prefix_and_rest() {
-        let body = chunks(&[b"abc", b"def", b"ghi"]);
-        let Buffered::Overflow { prefix, rest } = buffer(body, 4).await else {
+        let mut body = Box::pin(chunks(&[b"abc", b"def", b"ghi"]));
+        let Buffered::Overflow { prefix } = buffer(body.as_mut(), 4).await else {
             panic!("expected overflow");
         };
         assert_eq!(prefix, "abcdef");
-        let whole = ResponseBody::chained(prefix, rest).collect().await.unwrap();
+        let whole = ResponseBody::chained(prefix, body).collect().await.unwrap();
         assert_eq!(whole.to_bytes(), "abcdefghi");
     }
 
     #[tokio::test]
     async fn size_hint_over_limit_overflows_without_reading() {
-        let body = Full::new(Bytes::from_static(b"0123456789"));
-        let Buffered::Overflow { prefix, rest } = buffer(body, 4).await else {
+        let mut body = Box::pin(Full::new(Bytes::from_static(b"0123456789")));
+        let Buffered::Overflow { prefix } = buffer(body.as_mut(), 4).await else {
             panic!("expected overflow");
         };
         assert!(prefix.is_empty());
-        let whole = ResponseBody::chained(prefix, rest).collect().await.unwrap();
+        let whole = ResponseBody::chained(prefix, body).collect().await.unwrap();
         assert_eq!(whole.to_bytes(), "0123456789");
     }
 

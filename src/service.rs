@@ -247,7 +247,8 @@ impl<St: Store> Flow<St> {
             Fingerprinting::Default => None,
             Fingerprinting::Custom(f) => Some(f),
         };
-        match buffer(body, limit).await {
+        // Pinned in this future, not boxed: after an overflow the rest is not read.
+        match buffer(std::pin::pin!(body), limit).await {
             Buffered::Complete { data, trailers } => {
                 let fingerprint = match custom {
                     Some(f) => f(parts, &data),
@@ -514,7 +515,9 @@ impl<St: Store> Owner<St> {
                 return Ok(Response::from_parts(parts, ResponseBody::new(body)));
             }
             let limit = self.flow.config.max_response_body;
-            let body = match self.renewing(buffer(body, limit)).await {
+            // Boxed: after an overflow, the rest is streamed on behind what was read.
+            let mut body = Box::pin(body);
+            let body = match self.renewing(buffer(body.as_mut(), limit)).await {
                 Buffered::Complete { data, trailers }
                     if chosen.is_none()
                         && trailers.as_ref().and_then(Disposition::from_grpc_headers)
@@ -537,9 +540,9 @@ impl<St: Store> Owner<St> {
                     self.complete(&record).await;
                     ResponseBody::full(data, trailers)
                 }
-                Buffered::Overflow { prefix, rest } => {
+                Buffered::Overflow { prefix } => {
                     self.complete(&Record::not_stored(self.fingerprint)).await;
-                    ResponseBody::chained(prefix, rest)
+                    ResponseBody::chained(prefix, body)
                 }
                 Buffered::Failed { prefix, error } => {
                     self.release("the response body failed").await;
