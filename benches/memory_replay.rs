@@ -5,20 +5,24 @@ mod common;
 
 use std::time::SystemTime;
 
-use common::{Key, Load, Ratio, Target};
+use common::{Floor, Key, Load, Ratio, Target};
 use criterion::Criterion;
 use http::HeaderValue;
 use tower_idempotency::store::MemoryStore;
 
-/// The bare and the layered router, the layered one with the key completed.
-fn loads(rt: &tokio::runtime::Runtime) -> (Load, Load, common::Executions) {
+/// The bare and the layered router, the layered one with the key completed, and the floors.
+fn loads(rt: &tokio::runtime::Runtime) -> (Load, Load, common::Executions, [Load; 2]) {
     let key = Key::Fixed(HeaderValue::from_static(
         "8e03978e-40d5-43e8-bc93-6894a57f9324",
     ));
     let (bare, _) = common::baseline(1);
     let (layered, executions) = common::layered(MemoryStore::new(), 1);
     let bare = Load::post(bare, key.clone());
-    let layered = Load::post(layered, key);
+    let layered = Load::post(layered, key.clone());
+    let floors = [
+        Load::post(common::floor(Floor::Replay), key.clone()),
+        Load::post(common::floor(Floor::HashedReplay), key),
+    ];
     // The first request runs and is recorded; from then on, replays.
     common::on_runtime(rt, {
         let layered = layered.clone();
@@ -29,17 +33,23 @@ fn loads(rt: &tokio::runtime::Runtime) -> (Load, Load, common::Executions) {
             assert_eq!(headers["idempotent-replayed"], "true");
         }
     });
-    (bare, layered, executions)
+    (bare, layered, executions, floors)
 }
 
 fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
-    let (bare, layered, executions) = loads(rt);
+    let (bare, layered, executions, [floor, hashed_floor]) = loads(rt);
     let mut group = c.benchmark_group("memory_replay");
     group.bench_function("baseline", |b| {
         b.iter_custom(|iters| common::drive(rt, &bare, 1, iters));
     });
     group.bench_function("layered", |b| {
         b.iter_custom(|iters| common::drive(rt, &layered, 1, iters));
+    });
+    group.bench_function("floor", |b| {
+        b.iter_custom(|iters| common::drive(rt, &floor, 1, iters));
+    });
+    group.bench_function("hashed_floor", |b| {
+        b.iter_custom(|iters| common::drive(rt, &hashed_floor, 1, iters));
     });
     group.finish();
     assert_eq!(executions.total(), 1, "the handler ran once, replays since");
@@ -48,8 +58,14 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 fn main() {
     let since = SystemTime::now();
     let rt = common::runtime();
-    let (bare, layered, _) = loads(&rt);
-    if common::profile(&rt, &[("baseline", &bare), ("layered", &layered)]) {
+    let (bare, layered, _, [floor, hashed_floor]) = loads(&rt);
+    let profiled = [
+        ("baseline", &bare),
+        ("layered", &layered),
+        ("floor", &floor),
+        ("hashed_floor", &hashed_floor),
+    ];
+    if common::profile(&rt, &profiled) {
         return;
     }
     let mut c = common::criterion();
@@ -57,11 +73,25 @@ fn main() {
     common::report(
         "memory_replay",
         since,
-        &[Ratio::time(
-            "replay, MemoryStore",
-            "memory_replay/layered",
-            "memory_replay/baseline",
-            Target::AtMost(0.4),
-        )],
+        &[
+            Ratio::time(
+                "replay, MemoryStore",
+                "memory_replay/layered",
+                "memory_replay/baseline",
+                Target::AtMost(0.4),
+            ),
+            Ratio::time(
+                "  floor: a layer answering from memory, no hashing, no store",
+                "memory_replay/floor",
+                "memory_replay/baseline",
+                Target::None,
+            ),
+            Ratio::time(
+                "  floor with the SHA-256s of SPEC §2.4 and §5 (body read, key and fingerprint)",
+                "memory_replay/hashed_floor",
+                "memory_replay/baseline",
+                Target::None,
+            ),
+        ],
     );
 }

@@ -302,7 +302,13 @@ impl<C> RedisStore<C> {
 
     /// The Redis key the entry for `key` is stored under, `{prefix}{<hex digest>}`.
     pub fn redis_key(&self, key: &StoreKey) -> String {
-        format!("{}{{{}}}", self.prefix, key.to_hex())
+        // Built in one allocation: it is made for every command.
+        let mut out = String::with_capacity(self.prefix.len() + 66);
+        out.push_str(&self.prefix);
+        out.push('{');
+        crate::key::push_hex(&mut out, key.digest());
+        out.push('}');
+        out
     }
 
     /// The connection the store sends its commands through.
