@@ -75,6 +75,27 @@ fn main() {
     }
     let mut c = common::criterion();
     bench(&mut c, &rt);
+    // Paired: a store of its own, filled to its bound first (the steady state, as above).
+    let (layered, _) = layered();
+    let fill = Load {
+        key: Key::Fresh(common::fresh_prefix()),
+        ..layered.clone()
+    };
+    if common::benchmarking() {
+        common::drive(&rt, &fill, 1, 100_000);
+    }
+    let fresh = |load: &Load| Load {
+        key: Key::Fresh(common::fresh_prefix()),
+        ..load.clone()
+    };
+    let base = baseline();
+    let paired_layered = common::paired(&rt, "memory_first/layered", since, &base, || {
+        fresh(&layered)
+    });
+    let floor = hashed_floor();
+    let paired_floor = common::paired(&rt, "memory_first/hashed_floor", since, &base, || {
+        fresh(&floor)
+    });
     common::report(
         "memory_first",
         since,
@@ -84,13 +105,15 @@ fn main() {
                 "memory_first/layered",
                 "memory_first/baseline",
                 Target::AtMost(1.3),
-            ),
+            )
+            .with_paired(paired_layered),
             Ratio::time(
                 "  floor: a layer that reads the body and computes the SHA-256s of SPEC §2.4 and §5",
                 "memory_first/hashed_floor",
                 "memory_first/baseline",
                 Target::None,
-            ),
+            )
+            .with_paired(paired_floor),
         ],
     );
 }

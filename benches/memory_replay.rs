@@ -70,6 +70,7 @@ fn main() {
     }
     let mut c = common::criterion();
     bench(&mut c, &rt);
+    let pair = |id: &str, load: &Load| common::paired(&rt, id, since, &bare, || load.clone());
     common::report(
         "memory_replay",
         since,
@@ -79,19 +80,22 @@ fn main() {
                 "memory_replay/layered",
                 "memory_replay/baseline",
                 Target::AtMost(0.4),
-            ),
+            )
+            .with_paired(pair("memory_replay/layered", &layered)),
             Ratio::time(
                 "  floor: a layer answering from memory, no hashing, no store",
                 "memory_replay/floor",
                 "memory_replay/baseline",
                 Target::None,
-            ),
+            )
+            .with_paired(pair("memory_replay/floor", &floor)),
             Ratio::time(
                 "  floor with the SHA-256s of SPEC §2.4 and §5 (body read, key and fingerprint)",
                 "memory_replay/hashed_floor",
                 "memory_replay/baseline",
                 Target::None,
-            ),
+            )
+            .with_paired(pair("memory_replay/hashed_floor", &hashed_floor)),
         ],
     );
 }

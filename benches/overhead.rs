@@ -52,6 +52,11 @@ fn main() {
     }
     let mut c = common::criterion();
     bench(&mut c, &rt, &loads);
+    let load = |name: &str| &loads.iter().find(|(n, _)| *n == name).expect("a load").1;
+    let pair = |variant: &str, baseline: &str| {
+        let id = format!("overhead/{variant}");
+        common::paired(&rt, &id, since, load(baseline), || load(variant).clone())
+    };
     common::report(
         "overhead",
         since,
@@ -61,13 +66,15 @@ fn main() {
                 "overhead/post_no_key",
                 "overhead/baseline_post",
                 Target::AtMost(1.03),
-            ),
+            )
+            .with_paired(pair("post_no_key", "baseline_post")),
             Ratio::time(
                 "  an identity layer, POST (the floor of any layer)",
                 "overhead/identity_post",
                 "overhead/baseline_post",
                 Target::None,
-            ),
+            )
+            .with_paired(pair("identity_post", "baseline_post")),
             Ratio::added(
                 "GET (not a covered method): added to the baseline request",
                 "overhead/get",
@@ -80,13 +87,15 @@ fn main() {
                 "overhead/get",
                 "overhead/baseline_get",
                 Target::None,
-            ),
+            )
+            .with_paired(pair("get", "baseline_get")),
             Ratio::time(
                 "  an identity layer, GET (the floor of any layer)",
                 "overhead/identity_get",
                 "overhead/baseline_get",
                 Target::None,
-            ),
+            )
+            .with_paired(pair("identity_get", "baseline_get")),
         ],
     );
 }
