@@ -248,7 +248,10 @@ impl Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        headers.insert("grpc-status", HeaderValue::from(self.grpc_code()));
+        headers.insert(
+            crate::policy::GRPC_STATUS,
+            HeaderValue::from(self.grpc_code()),
+        );
         let message = percent_encode(&self.detail());
         if let Ok(message) = HeaderValue::from_str(&message) {
             headers.insert("grpc-message", message);
