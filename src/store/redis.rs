@@ -155,7 +155,7 @@ return 0
 /// | `get` | `GET` | |
 ///
 /// A `begin` on a completed key returns the record in the same reply, so a replay costs one
-/// round trip, and the server does what a plain `GET` costs it: `begin`, the one command of
+/// round trip, and costs the server about what a plain `GET` does: `begin`, the one command of
 /// every request, is no script. The owner-checked operations are: scripts run by SHA
 /// ([`Script`]); after `SCRIPT FLUSH` or a restart, the first call gets `NOSCRIPT`, loads the
 /// script and runs it again (three round trips, once per script and node). Owner checks compare
