@@ -254,6 +254,66 @@ fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection) {
     group.finish();
 }
 
+/// The layered and raw batches of one row, for [`common::paired_batches`]: fresh keys for every
+/// batch of first executions, the completed key for replays.
+fn paired(
+    rt: &Runtime,
+    connection: &MultiplexedConnection,
+    since: SystemTime,
+    group: &str,
+    tasks: u64,
+) -> Option<common::Paired> {
+    let record = record();
+    let id = format!("{group}/layered/{tasks}");
+    if group == "redis_first" {
+        let (router, _) = common::layered(common::redis_store(connection), 1);
+        let raw = |n| {
+            let prefix = format!("bench:{}:", common::fresh_prefix());
+            let (connection, record) = (connection.clone(), record.clone());
+            common::drive_fn(rt, tasks, n, move |i| {
+                raw_first(connection.clone(), format!("{prefix}{i}"), record.clone())
+            })
+        };
+        let layered = |n| {
+            let load = Load::post(router.clone(), Key::Fresh(common::fresh_prefix()));
+            common::drive(rt, &load, tasks, n)
+        };
+        return common::paired_batches(&id, since, common::Kind::Throughput, raw, layered);
+    }
+    let (router, _) = common::layered(common::redis_store(connection), 1);
+    let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
+    common::drive(rt, &load, 1, 1);
+    let key = format!("bench:{}:replayed", common::fresh_prefix());
+    let set_up = (connection.clone(), key.clone(), record);
+    common::on_runtime(rt, async move {
+        let (mut connection, key, record) = set_up;
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(&record[..])
+            .arg("PX")
+            .arg(600_000)
+            .query_async(&mut connection)
+            .await
+            .expect("SET");
+    });
+    let raw = |n| {
+        let (connection, key) = (connection.clone(), key.clone());
+        common::drive_fn(rt, tasks, n, move |_| {
+            let (mut connection, key) = (connection.clone(), key.clone());
+            async move {
+                let value: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await
+                    .expect("GET");
+                assert!(value.is_some());
+            }
+        })
+    };
+    let layered = |n| common::drive(rt, &load, tasks, n);
+    common::paired_batches(&id, since, common::Kind::Throughput, raw, layered)
+}
+
 fn main() {
     let since = SystemTime::now();
     let rt = common::runtime();
@@ -282,12 +342,15 @@ fn main() {
             } else {
                 Target::AtLeast(0.85)
             };
-            ratios.push(Ratio::throughput(
-                label,
-                &format!("{group}/layered/{tasks}"),
-                &format!("{group}/raw/{tasks}"),
-                target,
-            ));
+            ratios.push(
+                Ratio::throughput(
+                    label,
+                    &format!("{group}/layered/{tasks}"),
+                    &format!("{group}/raw/{tasks}"),
+                    target,
+                )
+                .with_paired(paired(&rt, &connection, since, group, tasks)),
+            );
             ratios.push(Ratio::throughput(
                 "  the store's calls alone, no HTTP (throughput vs raw)",
                 &format!("{group}/store/{tasks}"),

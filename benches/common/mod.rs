@@ -650,23 +650,45 @@ pub(crate) fn paired(
     baseline: &Load,
     variant: impl Fn() -> Load,
 ) -> Option<Paired> {
+    paired_batches(
+        id,
+        since,
+        Kind::Time,
+        |n| drive(rt, baseline, 1, n),
+        |n| drive(rt, &variant(), 1, n),
+    )
+}
+
+/// [`paired`] for any two batches: `baseline(n)` and `variant(n)` send `n` requests each (with
+/// as many tasks as they like) and return the wall time. With [`Kind::Throughput`] the ratio is
+/// of throughputs (baseline time / variant time), else of times.
+pub(crate) fn paired_batches(
+    id: &str,
+    since: SystemTime,
+    kind: Kind,
+    mut baseline: impl FnMut(u64) -> Duration,
+    mut variant: impl FnMut(u64) -> Duration,
+) -> Option<Paired> {
     if !benchmarking() || estimate(id, since).is_none() {
         return None;
     }
     // Batch size: what takes the baseline about 40 ms.
-    let probe = drive(rt, baseline, 1, 500);
+    let probe = baseline(500);
     let n = ((0.040 / probe.as_secs_f64()) * 500.0).clamp(200.0, 100_000.0) as u64;
     let mut ratios: Vec<f64> = (0..PAIRED_ROUNDS)
         .map(|round| {
-            let load = variant();
             let (b, v) = if round % 2 == 0 {
-                let b = drive(rt, baseline, 1, n);
-                (b, drive(rt, &load, 1, n))
+                let b = baseline(n);
+                (b, variant(n))
             } else {
-                let v = drive(rt, &load, 1, n);
-                (drive(rt, baseline, 1, n), v)
+                let v = variant(n);
+                (baseline(n), v)
             };
-            v.as_secs_f64() / b.as_secs_f64()
+            let (b, v) = (b.as_secs_f64(), v.as_secs_f64());
+            match kind {
+                Kind::Throughput => b / v,
+                _ => v / b,
+            }
         })
         .collect();
     ratios.sort_by(f64::total_cmp);
