@@ -126,6 +126,61 @@ async fn raw_first(mut connection: MultiplexedConnection, key: String, record: B
         .expect("SET");
 }
 
+/// `n` raw first executions from `tasks` tasks, under a prefix of their own; the wall time.
+fn raw_firsts(
+    rt: &Runtime,
+    connection: &MultiplexedConnection,
+    record: &Bytes,
+    tasks: u64,
+    n: u64,
+) -> Duration {
+    let prefix = format!("bench:{}:", common::fresh_prefix());
+    let (connection, record) = (connection.clone(), record.clone());
+    common::drive_fn(rt, tasks, n, move |i| {
+        raw_first(connection.clone(), format!("{prefix}{i}"), record.clone())
+    })
+}
+
+/// Stores `record` under a key of its own for the raw client's replays; the key.
+fn raw_stored(rt: &Runtime, connection: &MultiplexedConnection, record: &Bytes) -> String {
+    let key = format!("bench:{}:replayed", common::fresh_prefix());
+    let set_up = (connection.clone(), key.clone(), record.clone());
+    common::on_runtime(rt, async move {
+        let (mut connection, key, record) = set_up;
+        let () = redis::cmd("SET")
+            .arg(&key)
+            .arg(&record[..])
+            .arg("PX")
+            .arg(600_000)
+            .query_async(&mut connection)
+            .await
+            .expect("SET");
+    });
+    key
+}
+
+/// `n` raw replays (`GET key`) from `tasks` tasks; the wall time.
+fn raw_replays(
+    rt: &Runtime,
+    connection: &MultiplexedConnection,
+    key: &str,
+    tasks: u64,
+    n: u64,
+) -> Duration {
+    let (connection, key) = (connection.clone(), key.to_owned());
+    common::drive_fn(rt, tasks, n, move |_| {
+        let (mut connection, key) = (connection.clone(), key.clone());
+        async move {
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await
+                .expect("GET");
+            assert!(value.is_some());
+        }
+    })
+}
+
 /// The store alone, as the layer drives it, without HTTP: `begin` + `complete` for a first
 /// execution, `begin` on a completed key for a replay.
 async fn store_calls(
@@ -165,14 +220,7 @@ fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection) {
             b.iter_custom(|iters| common::drive(rt, &load, tasks, iters));
         });
         group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
-            let prefix = format!("bench:{}:", common::fresh_prefix());
-            b.iter_custom(|iters| {
-                let (connection, prefix, record) =
-                    (connection.clone(), prefix.clone(), record.clone());
-                common::drive_fn(rt, tasks, iters, move |n| {
-                    raw_first(connection.clone(), format!("{prefix}{n}"), record.clone())
-                })
-            });
+            b.iter_custom(|iters| raw_firsts(rt, connection, &record, tasks, iters));
         });
         group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
             let store = Arc::new(common::redis_store(connection));
@@ -203,33 +251,8 @@ fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection) {
             assert_eq!(executions.total(), 1, "one execution, replays since");
         });
         group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
-            let key = format!("bench:{}:replayed", common::fresh_prefix());
-            let set_up = (connection.clone(), key.clone(), record.clone());
-            common::on_runtime(rt, async move {
-                let (mut connection, key, record) = set_up;
-                let () = redis::cmd("SET")
-                    .arg(&key)
-                    .arg(&record[..])
-                    .arg("PX")
-                    .arg(600_000)
-                    .query_async(&mut connection)
-                    .await
-                    .expect("SET");
-            });
-            b.iter_custom(|iters| {
-                let (connection, key) = (connection.clone(), key.clone());
-                common::drive_fn(rt, tasks, iters, move |_| {
-                    let (mut connection, key) = (connection.clone(), key.clone());
-                    async move {
-                        let value: Option<Vec<u8>> = redis::cmd("GET")
-                            .arg(&key)
-                            .query_async(&mut connection)
-                            .await
-                            .expect("GET");
-                        assert!(value.is_some());
-                    }
-                })
-            });
+            let key = raw_stored(rt, connection, &record);
+            b.iter_custom(|iters| raw_replays(rt, connection, &key, tasks, iters));
         });
         group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
             let store = Arc::new(common::redis_store(connection));
@@ -267,13 +290,7 @@ fn paired(
     let id = format!("{group}/layered/{tasks}");
     if group == "redis_first" {
         let (router, _) = common::layered(common::redis_store(connection), 1);
-        let raw = |n| {
-            let prefix = format!("bench:{}:", common::fresh_prefix());
-            let (connection, record) = (connection.clone(), record.clone());
-            common::drive_fn(rt, tasks, n, move |i| {
-                raw_first(connection.clone(), format!("{prefix}{i}"), record.clone())
-            })
-        };
+        let raw = |n| raw_firsts(rt, connection, &record, tasks, n);
         let layered = |n| {
             let load = Load::post(router.clone(), Key::Fresh(common::fresh_prefix()));
             common::drive(rt, &load, tasks, n)
@@ -283,33 +300,8 @@ fn paired(
     let (router, _) = common::layered(common::redis_store(connection), 1);
     let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
     common::drive(rt, &load, 1, 1);
-    let key = format!("bench:{}:replayed", common::fresh_prefix());
-    let set_up = (connection.clone(), key.clone(), record);
-    common::on_runtime(rt, async move {
-        let (mut connection, key, record) = set_up;
-        let () = redis::cmd("SET")
-            .arg(&key)
-            .arg(&record[..])
-            .arg("PX")
-            .arg(600_000)
-            .query_async(&mut connection)
-            .await
-            .expect("SET");
-    });
-    let raw = |n| {
-        let (connection, key) = (connection.clone(), key.clone());
-        common::drive_fn(rt, tasks, n, move |_| {
-            let (mut connection, key) = (connection.clone(), key.clone());
-            async move {
-                let value: Option<Vec<u8>> = redis::cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut connection)
-                    .await
-                    .expect("GET");
-                assert!(value.is_some());
-            }
-        })
-    };
+    let key = raw_stored(rt, connection, &record);
+    let raw = |n| raw_replays(rt, connection, &key, tasks, n);
     let layered = |n| common::drive(rt, &load, tasks, n);
     common::paired_batches(&id, since, common::Kind::Throughput, raw, layered)
 }
