@@ -34,7 +34,13 @@ fn hashed_floor() -> Load {
     )
 }
 
-fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+/// `layered` is the store's load, filled to the store's bound before (see [`main`]).
+fn bench(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    layered: &Load,
+    executions: &common::Executions,
+) {
     let mut group = c.benchmark_group("memory_first");
     group.bench_function("baseline", |b| {
         let load = baseline();
@@ -44,21 +50,12 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         let load = hashed_floor();
         b.iter_custom(|iters| common::drive(rt, &load, 1, iters));
     });
-    // Made once, outside the closure: criterion calls the closure again for every sample, and
-    // the store must carry over from the warm-up to the last sample to reach its bound.
-    let (load, executions) = layered();
-    // Filled to its bound first, so that every sample runs with eviction.
-    let mut sent = 100_000;
-    common::drive(rt, &load, 1, sent);
+    // The load is made outside the closure, which criterion calls again for every sample: the
+    // store carries over from the warm-up to the last sample.
     group.bench_function("layered", |b| {
         b.iter_custom(|iters| {
-            // Keys this store has not seen.
-            let load = Load {
-                key: Key::Fresh(common::fresh_prefix()),
-                ..load.clone()
-            };
-            let time = common::drive(rt, &load, 1, iters);
-            sent += iters;
+            let sent = executions.total() + iters;
+            let time = common::drive(rt, &layered.fresh(), 1, iters);
             assert_eq!(executions.total(), sent, "one execution per fresh key");
             time
         });
@@ -69,36 +66,28 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 fn main() {
     let since = SystemTime::now();
     let rt = common::runtime();
+    let (layered, executions) = layered();
     let profiled = [
         ("baseline", &baseline()),
-        ("layered", &layered().0),
+        ("layered", &layered),
         ("hashed_floor", &hashed_floor()),
     ];
     if common::profile(&rt, &profiled) {
         return;
     }
-    let mut c = common::criterion();
-    bench(&mut c, &rt);
-    // Paired: a store of its own, filled to its bound first (the steady state, as above).
-    let (layered, _) = layered();
-    let fill = Load {
-        key: Key::Fresh(common::fresh_prefix()),
-        ..layered.clone()
-    };
     if common::benchmarking() {
-        common::drive(&rt, &fill, 1, 100_000);
+        // Filled to its bound first, so that every sample, and every paired round, evicts.
+        common::drive(&rt, &layered.fresh(), 1, 100_000);
     }
-    let fresh = |load: &Load| Load {
-        key: Key::Fresh(common::fresh_prefix()),
-        ..load.clone()
-    };
+    let mut c = common::criterion();
+    bench(&mut c, &rt, &layered, &executions);
     let base = baseline();
     let paired_layered = common::paired(&rt, "memory_first/layered", since, &base, || {
-        fresh(&layered)
+        layered.fresh()
     });
     let floor = hashed_floor();
     let paired_floor = common::paired(&rt, "memory_first/hashed_floor", since, &base, || {
-        fresh(&floor)
+        floor.clone()
     });
     common::report(
         "memory_first",

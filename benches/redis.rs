@@ -288,16 +288,13 @@ fn paired(
 ) -> Option<common::Paired> {
     let record = record();
     let id = format!("{group}/layered/{tasks}");
+    let (router, _) = common::layered(common::redis_store(connection), 1);
     if group == "redis_first" {
-        let (router, _) = common::layered(common::redis_store(connection), 1);
+        let load = Load::post(router, Key::Absent);
         let raw = |n| raw_firsts(rt, connection, &record, tasks, n);
-        let layered = |n| {
-            let load = Load::post(router.clone(), Key::Fresh(common::fresh_prefix()));
-            common::drive(rt, &load, tasks, n)
-        };
+        let layered = |n| common::drive(rt, &load.fresh(), tasks, n);
         return common::paired_batches(&id, since, common::Kind::Throughput, raw, layered);
     }
-    let (router, _) = common::layered(common::redis_store(connection), 1);
     let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
     common::drive(rt, &load, 1, 1);
     let key = raw_stored(rt, connection, &record);

@@ -516,8 +516,8 @@ impl<St: Store> Owner<St> {
             }
             let limit = self.flow.config.max_response_body;
             // Boxed: after an overflow, the rest is streamed on behind what was read.
-            let mut body = Box::pin(body);
-            let body = match self.renewing(buffer(body.as_mut(), limit)).await {
+            let mut pinned = Box::pin(body);
+            let body = match self.renewing(buffer(pinned.as_mut(), limit)).await {
                 Buffered::Complete { data, trailers }
                     if chosen.is_none()
                         && trailers.as_ref().and_then(Disposition::from_grpc_headers)
@@ -542,7 +542,7 @@ impl<St: Store> Owner<St> {
                 }
                 Buffered::Overflow { prefix } => {
                     self.complete(&Record::not_stored(self.fingerprint)).await;
-                    ResponseBody::chained(prefix, body)
+                    ResponseBody::chained(prefix, pinned)
                 }
                 Buffered::Failed { prefix, error } => {
                     self.release("the response body failed").await;

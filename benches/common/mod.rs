@@ -234,7 +234,10 @@ pub(crate) fn floor(floor: Floor) -> Router {
         move |inner: axum::routing::Route| {
             let stored = stored.clone();
             tower::service_fn(move |req: Request<Body>| {
-                let (mut inner, stored) = (inner.clone(), stored.clone());
+                // Only the floor that runs the handler needs the inner service: a replaying
+                // layer need not clone it, and the replay floors must not pay for that.
+                let inner = matches!(floor, Floor::HashedRun).then(|| inner.clone());
+                let stored = stored.clone();
                 async move {
                     let req = match floor {
                         Floor::Replay => req,
@@ -250,7 +253,7 @@ pub(crate) fn floor(floor: Floor) -> Router {
                             Request::from_parts(parts, Body::from(body))
                         }
                     };
-                    if let Floor::HashedRun = floor {
+                    if let Some(mut inner) = inner {
                         return inner.call(req).await;
                     }
                     let mut res = Response::new(Body::from(stored));
@@ -288,6 +291,14 @@ pub(crate) struct Load {
 }
 
 impl Load {
+    /// The same requests under a prefix no store has seen: first executions again.
+    pub(crate) fn fresh(&self) -> Self {
+        Self {
+            key: Key::Fresh(fresh_prefix()),
+            ..self.clone()
+        }
+    }
+
     /// `POST /orders` with the 256-byte order 0, expecting `201`.
     pub(crate) fn post(router: Router, key: Key) -> Self {
         Self {

@@ -435,6 +435,23 @@ struct Claim {
     waiters: Option<Arc<Notify>>,
 }
 
+/// What `begin` and `get` read from a shard: an answer, or a stored record as its encoding,
+/// parsed once the shard's lock is released (the lock is held for the lookup only).
+enum Found<T> {
+    Answer(T),
+    Record(Bytes),
+}
+
+impl<T> Found<T> {
+    /// The answer, a record made into one by `completed`.
+    fn parse(self, completed: impl FnOnce(Record) -> T) -> Result<T, StoreError> {
+        match self {
+            Found::Answer(answer) => Ok(answer),
+            Found::Record(bytes) => Ok(completed(Record::from_bytes(bytes)?)),
+        }
+    }
+}
+
 impl Slot {
     fn cost(&self) -> usize {
         MemoryStore::ENTRY_OVERHEAD
@@ -470,7 +487,7 @@ impl Shard {
         fingerprint: Option<&Fingerprint>,
         token: OwnerToken,
         lease: Duration,
-    ) -> Result<Begin, StoreError> {
+    ) -> Result<Found<Begin>, StoreError> {
         self.sweep(now);
         if let Some(slot) = self.map.get_mut(&digest) {
             if slot.until > now {
@@ -480,14 +497,12 @@ impl Shard {
                         claim.fingerprint = fingerprint.copied();
                         slot.until = now.after(lease);
                         self.earliest_lease = self.earliest_lease.min(slot.until);
-                        Begin::New
+                        Found::Answer(Begin::New)
                     }
-                    State::Claimed(claim) => Begin::InProgress {
+                    State::Claimed(claim) => Found::Answer(Begin::InProgress {
                         fingerprint: claim.fingerprint,
-                    },
-                    State::Completed(record) => {
-                        Begin::Completed(Record::from_bytes(record.clone())?)
-                    }
+                    }),
+                    State::Completed(record) => Found::Record(record.clone()),
                 });
             }
             self.remove(&digest);
@@ -508,7 +523,7 @@ impl Shard {
             },
         );
         self.earliest_lease = self.earliest_lease.min(until);
-        Ok(Begin::New)
+        Ok(Found::Answer(Begin::New))
     }
 
     fn complete(
@@ -562,21 +577,19 @@ impl Shard {
         Ok(())
     }
 
-    fn get(&mut self, now: Tick, digest: Digest) -> Result<Option<Entry>, StoreError> {
-        let Some(slot) = self.map.get(&digest) else {
-            return Ok(None);
-        };
+    fn get(&mut self, now: Tick, digest: Digest) -> Option<Found<Entry>> {
+        let slot = self.map.get(&digest)?;
         if slot.until <= now {
             self.remove(&digest);
-            return Ok(None);
+            return None;
         }
-        Ok(Some(match &slot.state {
-            State::Claimed(claim) => Entry::InProgress {
+        Some(match &slot.state {
+            State::Claimed(claim) => Found::Answer(Entry::InProgress {
                 fingerprint: claim.fingerprint,
                 token: slot.token,
-            },
-            State::Completed(record) => Entry::Completed(Record::from_bytes(record.clone())?),
-        }))
+            }),
+            State::Completed(record) => Found::Record(record.clone()),
+        })
     }
 
     fn release(&mut self, now: Tick, digest: Digest, token: OwnerToken) -> Result<(), StoreError> {
@@ -705,16 +718,19 @@ impl Store for MemoryStore {
         token: OwnerToken,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
-        let mut shard = self.shard(key);
-        let now = self.inner.now();
-        shard.begin(
-            &self.inner.limits,
-            now,
-            Digest(*key.digest()),
-            fingerprint,
-            token,
-            lease,
-        )
+        let found = {
+            let mut shard = self.shard(key);
+            let now = self.inner.now();
+            shard.begin(
+                &self.inner.limits,
+                now,
+                Digest(*key.digest()),
+                fingerprint,
+                token,
+                lease,
+            )?
+        };
+        found.parse(Begin::Completed)
     }
 
     async fn complete(
@@ -736,9 +752,12 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Entry>, StoreError> {
-        let mut shard = self.shard(key);
-        let now = self.inner.now();
-        shard.get(now, Digest(*key.digest()))
+        let found = {
+            let mut shard = self.shard(key);
+            let now = self.inner.now();
+            shard.get(now, Digest(*key.digest()))
+        };
+        found.map(|found| found.parse(Entry::Completed)).transpose()
     }
 
     async fn release(&self, key: &StoreKey, token: OwnerToken) -> Result<(), StoreError> {

@@ -22,6 +22,8 @@ const CLAIMED: u8 = 1;
 const COMPLETED: u8 = 2;
 /// Version, state and token.
 const HEADER_LEN: usize = 18;
+/// What a server older than Redis 7.0 is told, by `check_config` and by a refused `begin`.
+const NEEDS_REDIS_7: &str = "RedisStore needs Redis 7.0 or newer (`SET … NX … GET`)";
 /// The longest `PX` the store sends (about 2 200 years); Redis rejects expiry times that
 /// overflow when added to its clock.
 const MAX_PX: u64 = 1 << 46;
@@ -367,7 +369,7 @@ where
                 .next()
                 .and_then(|m| m.parse::<u32>().ok());
             if major.is_some_and(|major| major < 7) {
-                let why = format!("RedisStore needs Redis 7.0 or newer; the server is {version}");
+                let why = format!("{NEEDS_REDIS_7}; the server is {version}");
                 return Err(StoreError::with_source(StoreErrorKind::Other, why));
             }
         }
@@ -660,9 +662,7 @@ fn map_error(e: RedisError) -> StoreError {
 fn map_begin_error(e: RedisError) -> StoreError {
     let old_server = e.code() == Some("ERR") && e.detail().is_some_and(|d| d.contains("syntax"));
     if old_server {
-        let why = format!(
-            "RedisStore needs Redis 7.0 or newer (`SET … NX … GET`); the server answered: {e}"
-        );
+        let why = format!("{NEEDS_REDIS_7}; the server answered: {e}");
         return StoreError::with_source(StoreErrorKind::Other, why);
     }
     map_error(e)
@@ -687,6 +687,34 @@ mod tests {
             v.extend_from_slice(fp.as_bytes());
         }
         Bytes::from(v)
+    }
+
+    /// The error a server answers with, as the driver hands it to the store.
+    fn server_error(reply: &[u8]) -> RedisError {
+        ::redis::parse_redis_value(reply)
+            .and_then(Value::extract_error)
+            .expect_err("an error reply")
+    }
+
+    /// What the store's error says through its source, where the cause is.
+    fn cause(e: &StoreError) -> String {
+        std::error::Error::source(e)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_old_servers_refusal_of_begin_names_the_version() {
+        // What Redis 6.2 answers to `SET k v NX PX 1 GET`.
+        let e = map_begin_error(server_error(b"-ERR syntax error\r\n"));
+        assert_eq!(e.kind(), StoreErrorKind::Other);
+        assert!(cause(&e).contains("needs Redis 7.0"), "{}", cause(&e));
+        // Other errors keep their own meaning.
+        let e = map_begin_error(server_error(b"-LOADING Redis is loading\r\n"));
+        assert_eq!(e.kind(), StoreErrorKind::Unavailable);
+        let e = map_begin_error(server_error(b"-WRONGTYPE Operation against a key\r\n"));
+        assert_eq!(e.kind(), StoreErrorKind::Other);
+        assert!(!cause(&e).contains("needs Redis 7.0"), "{}", cause(&e));
     }
 
     #[test]
