@@ -40,6 +40,7 @@ pin_project! {
 
 impl<B> RequestBody<B> {
     /// Wraps `body` to be streamed as it is, as the layer does for requests it passes through.
+    #[doc(hidden)]
     pub fn new(body: B) -> Self {
         Self {
             kind: RequestKind::Stream { body },
@@ -117,6 +118,7 @@ pin_project! {
 
 impl<B: Body> ResponseBody<B> {
     /// Wraps `body` to be streamed as it is.
+    #[doc(hidden)]
     pub fn new(body: B) -> Self {
         Self {
             kind: ResponseKind::Stream { body },

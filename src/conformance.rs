@@ -1,8 +1,7 @@
 //! A conformance suite for [`Store`] implementations: ours and yours.
 //!
 //! [`run`] checks the whole [`Store`] contract against one store instance and panics, naming
-//! the check, at the first violation. Each check is also a function of its own, to run one at a
-//! time or to leave one out. Every check works on fresh random keys, so one instance can be
+//! the check, at the first violation. Every check works on fresh random keys, so one instance can be
 //! reused, checks can run in any order, and a shared backend (a Redis that other tests use) needs
 //! no cleanup: the claims a check leaves behind expire with their leases.
 //!
@@ -28,9 +27,9 @@
 //! # Stores that keep nothing
 //!
 //! [`NoOpStore`](crate::store::NoOpStore) keeps no state, so most checks do not apply to it.
-//! [`run_stateless`] runs those that do: [`begin_claims_a_new_key`],
-//! [`begin_again_by_the_owner_is_new`], [`owner_operations_succeed`],
-//! [`get_of_an_unknown_key_is_none`] and [`wait_returns_by_the_timeout`].
+//! [`run_stateless`] runs those that do: a new key is claimed, a re-sent `begin` by its owner
+//! is new again, the owner's `complete`/`release`/`renew` succeed, `get` of an unknown key is
+//! `None`, and `wait` returns by its timeout.
 
 use std::fmt;
 use std::time::Duration;
@@ -40,10 +39,10 @@ use futures_util::future::{join, join_all};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::time::{Instant, sleep};
 
+use crate::fingerprint::Fingerprint;
+use crate::record::Record;
 use crate::record::StoredResponse;
-use crate::store::{
-    Begin, Entry, Fingerprint, OwnerToken, Record, Store, StoreError, StoreErrorKind, StoreKey,
-};
+use crate::store::{Begin, Entry, OwnerToken, Store, StoreError, StoreErrorKind, StoreKey};
 
 /// The lease of claims that are not meant to run out during a check.
 const LEASE: Duration = Duration::from_secs(10);
@@ -81,7 +80,7 @@ pub async fn run_stateless<S: Store>(store: &S) {
 }
 
 /// `begin` on a key nobody has used answers [`Begin::New`].
-pub async fn begin_claims_a_new_key<S: Store>(store: &S) {
+async fn begin_claims_a_new_key<S: Store>(store: &S) {
     let c = Check::new("begin_claims_a_new_key", store);
     let (key, a) = (fresh_key(), OwnerToken::generate());
     let fp = fingerprint("a");
@@ -94,7 +93,7 @@ pub async fn begin_claims_a_new_key<S: Store>(store: &S) {
 }
 
 /// `begin` by the token that holds the key answers [`Begin::New`] again (a re-sent command).
-pub async fn begin_again_by_the_owner_is_new<S: Store>(store: &S) {
+async fn begin_again_by_the_owner_is_new<S: Store>(store: &S) {
     let c = Check::new("begin_again_by_the_owner_is_new", store);
     let (key, a) = (fresh_key(), OwnerToken::generate());
     let fp = fingerprint("a");
@@ -113,7 +112,7 @@ pub async fn begin_again_by_the_owner_is_new<S: Store>(store: &S) {
 
 /// `begin` by another token on a held key answers [`Begin::InProgress`] with the holder's
 /// fingerprint (also when the holder has none), and leaves the claim as it is.
-pub async fn begin_by_another_token_is_in_progress<S: Store>(store: &S) {
+async fn begin_by_another_token_is_in_progress<S: Store>(store: &S) {
     let c = Check::new("begin_by_another_token_is_in_progress", store);
     for held in [Some(fingerprint("holder")), None] {
         let (key, a) = (fresh_key(), OwnerToken::generate());
@@ -148,13 +147,13 @@ pub async fn begin_by_another_token_is_in_progress<S: Store>(store: &S) {
 }
 
 /// `get` of a key nobody has used is `None`.
-pub async fn get_of_an_unknown_key_is_none<S: Store>(store: &S) {
+async fn get_of_an_unknown_key_is_none<S: Store>(store: &S) {
     let c = Check::new("get_of_an_unknown_key_is_none", store);
     c.expect_eq("get", c.get(&fresh_key()).await, None);
 }
 
 /// `get` reads nothing, then the claim with its fingerprint and owner, then the record.
-pub async fn get_reflects_each_state<S: Store>(store: &S) {
+async fn get_reflects_each_state<S: Store>(store: &S) {
     let c = Check::new("get_reflects_each_state", store);
     let (key, a) = (fresh_key(), OwnerToken::generate());
     let fp = fingerprint("a");
@@ -183,7 +182,7 @@ pub async fn get_reflects_each_state<S: Store>(store: &S) {
 }
 
 /// The owner's own `renew`, `release`, `begin` and `complete` all succeed.
-pub async fn owner_operations_succeed<S: Store>(store: &S) {
+async fn owner_operations_succeed<S: Store>(store: &S) {
     let c = Check::new("owner_operations_succeed", store);
     let (key, a) = (fresh_key(), OwnerToken::generate());
     let fp = fingerprint("a");
@@ -205,7 +204,7 @@ pub async fn owner_operations_succeed<S: Store>(store: &S) {
 
 /// After the owner completes, every `begin` (the owner's too) answers [`Begin::Completed`] with
 /// a record of identical bytes and fingerprint.
-pub async fn complete_then_begin_replays<S: Store>(store: &S) {
+async fn complete_then_begin_replays<S: Store>(store: &S) {
     let c = Check::new("complete_then_begin_replays", store);
     let (key, a) = (fresh_key(), OwnerToken::generate());
     let fp = fingerprint("a");
@@ -228,7 +227,7 @@ pub async fn complete_then_begin_replays<S: Store>(store: &S) {
 
 /// A `complete` that the owner sends again with the same record succeeds; another record by
 /// the same owner may succeed or fail with `NotOwner`, but never replaces the first.
-pub async fn complete_again_is_harmless<S: Store>(store: &S) {
+async fn complete_again_is_harmless<S: Store>(store: &S) {
     let c = Check::new("complete_again_is_harmless", store);
     let (key, a) = (fresh_key(), OwnerToken::generate());
     c.expect_eq("begin", c.begin(&key, None, a, LEASE).await, Begin::New);
@@ -253,7 +252,7 @@ pub async fn complete_again_is_harmless<S: Store>(store: &S) {
 /// `complete`, `release` and `renew` by a token that does not hold the key fail with
 /// [`StoreErrorKind::NotOwner`] and change nothing, while the key is claimed and once it is
 /// completed (when the claim is over for its owner too).
-pub async fn foreign_token_is_not_owner<S: Store>(store: &S) {
+async fn foreign_token_is_not_owner<S: Store>(store: &S) {
     let c = Check::new("foreign_token_is_not_owner", store);
     let (key, a, b) = (fresh_key(), OwnerToken::generate(), OwnerToken::generate());
     let fp = fingerprint("a");
@@ -309,7 +308,7 @@ pub async fn foreign_token_is_not_owner<S: Store>(store: &S) {
 
 /// `complete`, `release` and `renew` of a key that was never claimed fail with
 /// [`StoreErrorKind::NotOwner`] and write nothing.
-pub async fn complete_of_an_unclaimed_key_is_not_owner<S: Store>(store: &S) {
+async fn complete_of_an_unclaimed_key_is_not_owner<S: Store>(store: &S) {
     let c = Check::new("complete_of_an_unclaimed_key_is_not_owner", store);
     let (key, a) = (fresh_key(), OwnerToken::generate());
     let record = sample_record(None, b"never claimed");
@@ -329,7 +328,7 @@ pub async fn complete_of_an_unclaimed_key_is_not_owner<S: Store>(store: &S) {
 
 /// After the owner's `release`, the key reads as missing and the next `begin` by anyone is
 /// [`Begin::New`]; a second `release` is `NotOwner`.
-pub async fn release_frees_the_key<S: Store>(store: &S) {
+async fn release_frees_the_key<S: Store>(store: &S) {
     let c = Check::new("release_frees_the_key", store);
     let (key, a, b) = (fresh_key(), OwnerToken::generate(), OwnerToken::generate());
     c.expect_eq(
@@ -359,7 +358,7 @@ pub async fn release_frees_the_key<S: Store>(store: &S) {
 
 /// Records without a fingerprint, and "completed, response not stored" records with and
 /// without one, come back byte for byte.
-pub async fn records_round_trip<S: Store>(store: &S) {
+async fn records_round_trip<S: Store>(store: &S) {
     let c = Check::new("records_round_trip", store);
     let fp = fingerprint("a");
     let records = [
@@ -390,7 +389,7 @@ pub async fn records_round_trip<S: Store>(store: &S) {
 }
 
 /// A record with a 1 MiB body, repeated headers and trailers comes back byte for byte.
-pub async fn large_record_round_trips<S: Store>(store: &S) {
+async fn large_record_round_trips<S: Store>(store: &S) {
     let c = Check::new("large_record_round_trips", store);
     let body: Bytes = (0..1024 * 1024)
         .map(|i: u32| (i.wrapping_mul(31) % 251) as u8)
@@ -439,7 +438,7 @@ pub async fn large_record_round_trips<S: Store>(store: &S) {
 
 /// 32 `begin`s of one fresh key, all in flight at once: exactly one is [`Begin::New`], the rest
 /// see the winner's fingerprint.
-pub async fn concurrent_begins_have_one_winner<S: Store>(store: &S) {
+async fn concurrent_begins_have_one_winner<S: Store>(store: &S) {
     let c = Check::new("concurrent_begins_have_one_winner", store);
     let key = fresh_key();
     let claimants: Vec<_> = (0..32)
@@ -489,7 +488,7 @@ pub async fn concurrent_begins_have_one_winner<S: Store>(store: &S) {
 
 /// `renew` moves the end of the lease: a claim of 300 ms renewed after 200 ms is still held at
 /// 400 ms, and free at 650 ms.
-pub async fn renew_extends_the_lease<S: Store>(store: &S) {
+async fn renew_extends_the_lease<S: Store>(store: &S) {
     let c = Check::new("renew_extends_the_lease", store);
     let lease = Duration::from_millis(300);
     let (key, a, b) = (fresh_key(), OwnerToken::generate(), OwnerToken::generate());
@@ -520,7 +519,7 @@ pub async fn renew_extends_the_lease<S: Store>(store: &S) {
 
 /// When a lease ends, the key reads as missing and another token can claim it; the stale
 /// owner's `complete`, `renew` and `release` are refused and never overwrite the new owner.
-pub async fn expired_lease_is_a_free_key<S: Store>(store: &S) {
+async fn expired_lease_is_a_free_key<S: Store>(store: &S) {
     let c = Check::new("expired_lease_is_a_free_key", store);
     let (key, stale, next) = (fresh_key(), OwnerToken::generate(), OwnerToken::generate());
     c.expect_eq(
@@ -575,7 +574,7 @@ pub async fn expired_lease_is_a_free_key<S: Store>(store: &S) {
 /// A caller that waits for a held key (looking again after each [`Store::wait`], as the layer
 /// does) sees the end of the claim promptly after the owner completes or releases it, well
 /// before the wait's timeout.
-pub async fn wait_returns_after_complete_or_release<S: Store>(store: &S) {
+async fn wait_returns_after_complete_or_release<S: Store>(store: &S) {
     let c = Check::new("wait_returns_after_complete_or_release", store);
     let timeout = Duration::from_secs(2);
     for completes in [true, false] {
@@ -610,7 +609,7 @@ pub async fn wait_returns_after_complete_or_release<S: Store>(store: &S) {
 
 /// [`Store::wait`] on a held key returns by its timeout when nothing happens, and on a key that
 /// is not in progress returns well before it.
-pub async fn wait_returns_by_the_timeout<S: Store>(store: &S) {
+async fn wait_returns_by_the_timeout<S: Store>(store: &S) {
     let c = Check::new("wait_returns_by_the_timeout", store);
     let (key, a) = (fresh_key(), OwnerToken::generate());
     c.expect_eq("begin", c.begin(&key, None, a, LEASE).await, Begin::New);

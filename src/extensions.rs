@@ -1,6 +1,6 @@
 //! What the layer puts into extensions: the claim for the handler, the outcome for outer layers.
 
-use crate::key::{OwnerToken, StoreKey};
+use crate::store::{OwnerToken, StoreKey};
 
 /// What the layer did with a request, in the extensions of every response it answers.
 ///

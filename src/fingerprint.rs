@@ -62,7 +62,7 @@ fn field(h: &mut Sha256, bytes: Option<&[u8]>) {
 
 impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({})", crate::key::hex(&self.0[..8]))
+        write!(f, "Fingerprint({})", crate::hex::hex(&self.0[..8]))
     }
 }
 

@@ -7,114 +7,10 @@ use http::{HeaderName, Method, Response, StatusCode, request};
 use tokio_util::task::TaskTracker;
 use tower_layer::Layer;
 
+use crate::config::{Config, Fingerprinting};
 use crate::fingerprint::Fingerprint;
-use crate::policy;
 use crate::problem::Problem;
 use crate::service::Idempotency;
-
-type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
-type FingerprintFn = Arc<dyn Fn(&request::Parts, &Bytes) -> Fingerprint + Send + Sync>;
-type ProblemFn = Arc<dyn Fn(&Problem) -> Response<Bytes> + Send + Sync>;
-
-/// How requests are fingerprinted.
-#[derive(Clone)]
-pub(crate) enum Fingerprinting {
-    /// SHA-256 over method, path, query, content type and body.
-    Default,
-    /// A user function over the request head and the buffered body.
-    Custom(FingerprintFn),
-    /// No fingerprint; the body is not buffered.
-    Off,
-}
-
-/// Everything the layer was configured with, shared by every service it makes.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) methods: Vec<Method>,
-    pub(crate) header: HeaderName,
-    pub(crate) max_key_len: usize,
-    pub(crate) require_key: bool,
-    pub(crate) scope: Option<ScopeFn>,
-    pub(crate) fingerprint: Fingerprinting,
-    pub(crate) max_request_body: usize,
-    pub(crate) max_response_body: usize,
-    pub(crate) lease: Duration,
-    pub(crate) retry_after: Duration,
-    pub(crate) mismatch_status: StatusCode,
-    pub(crate) wait: Option<Duration>,
-    pub(crate) detach: bool,
-    pub(crate) fail_open: bool,
-    pub(crate) store_timeout: Duration,
-    pub(crate) replayed_header: HeaderName,
-    pub(crate) skipped_headers: Vec<HeaderName>,
-    pub(crate) problem: Option<ProblemFn>,
-    pub(crate) tasks: TaskTracker,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            methods: policy::default_methods(),
-            header: HeaderName::from_static("idempotency-key"),
-            max_key_len: 255,
-            require_key: false,
-            scope: None,
-            fingerprint: Fingerprinting::Default,
-            max_request_body: 1024 * 1024,
-            max_response_body: 1024 * 1024,
-            lease: Duration::from_secs(30),
-            retry_after: Duration::from_secs(1),
-            mismatch_status: StatusCode::UNPROCESSABLE_ENTITY,
-            wait: None,
-            detach: true,
-            fail_open: false,
-            store_timeout: Duration::from_secs(2),
-            replayed_header: HeaderName::from_static("idempotent-replayed"),
-            skipped_headers: policy::default_skipped_headers(),
-            problem: None,
-            tasks: TaskTracker::new(),
-        }
-    }
-}
-
-impl Config {
-    pub(crate) fn problem_response(&self, problem: &Problem) -> Response<Bytes> {
-        match &self.problem {
-            Some(hook) => hook(problem),
-            None => problem.to_response(),
-        }
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let fingerprint = match self.fingerprint {
-            Fingerprinting::Default => "sha256",
-            Fingerprinting::Custom(_) => "<fn>",
-            Fingerprinting::Off => "off",
-        };
-        f.debug_struct("Config")
-            .field("methods", &self.methods)
-            .field("header", &self.header)
-            .field("max_key_len", &self.max_key_len)
-            .field("require_key", &self.require_key)
-            .field("scope", &self.scope.as_ref().map(|_| "<fn>"))
-            .field("fingerprint", &fingerprint)
-            .field("max_request_body", &self.max_request_body)
-            .field("max_response_body", &self.max_response_body)
-            .field("lease", &self.lease)
-            .field("retry_after", &self.retry_after)
-            .field("mismatch_status", &self.mismatch_status)
-            .field("wait", &self.wait)
-            .field("detach", &self.detach)
-            .field("fail_open", &self.fail_open)
-            .field("store_timeout", &self.store_timeout)
-            .field("replayed_header", &self.replayed_header)
-            .field("skipped_headers", &self.skipped_headers)
-            .field("problem", &self.problem.as_ref().map(|_| "<fn>"))
-            .finish()
-    }
-}
 
 /// Applies [`Idempotency`] to a service: every `POST`/`PATCH` with an `Idempotency-Key` runs at
 /// most once, and retries get the first answer back.
@@ -258,12 +154,12 @@ impl<St> IdempotencyLayer<St> {
 
     /// The `Retry-After` of `409` and `503` problems (default 1 s).
     pub fn retry_after(self, after: Duration) -> Self {
-        self.with(|c| c.retry_after = after)
+        self.with(|c| c.problems.retry_after = after)
     }
 
     /// The status for a key reused with a different request (default `422`).
     pub fn mismatch_status(self, status: StatusCode) -> Self {
-        self.with(|c| c.mismatch_status = status)
+        self.with(|c| c.problems.mismatch_status = status)
     }
 
     /// Lets a duplicate that arrives while the first request runs wait up to `timeout` for its
@@ -343,7 +239,7 @@ impl<St> IdempotencyLayer<St> {
     where
         F: Fn(&Problem) -> Response<Bytes> + Send + Sync + 'static,
     {
-        self.with(|c| c.problem = Some(Arc::new(f)))
+        self.with(|c| c.problems.hook = Some(Arc::new(f)))
     }
 
     /// A handle on the handlers running detached, for graceful shutdown.

@@ -105,9 +105,11 @@
 //!
 //! # Features
 //!
+//! No feature is on by default: [`store::MemoryStore`] (the embedded, bounded, sharded store),
+//! [`store::NoOpStore`] and [`store::BoxStore`] are always there.
+//!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `memory` | yes | [`store::MemoryStore`], the embedded, bounded, sharded store |
 //! | `redis` | no | `store::RedisStore`, for many instances over Redis or Redis Cluster |
 //! | `test-util` | no | `conformance`, the store-conformance suite for your own stores |
 //!
@@ -122,12 +124,16 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+mod config;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;
 mod extensions;
 pub mod fingerprint;
+mod flow;
 mod future;
+mod grpc;
+mod hex;
 pub mod key;
 mod layer;
 pub mod policy;

@@ -56,8 +56,7 @@ impl Disposition {
     /// The `grpc-status` in `headers` (the head of a trailers-only response, or the trailers),
     /// classified; `None` when there is none.
     pub(crate) fn from_grpc_headers(headers: &http::HeaderMap) -> Option<Self> {
-        let code = headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()?;
-        Some(Self::for_grpc_status(code))
+        crate::grpc::status(headers).map(Self::for_grpc_status)
     }
 
     /// The default for a status: release `5xx`, `408` and `429`, record everything else.
@@ -72,10 +71,6 @@ impl Disposition {
         }
     }
 }
-
-/// `grpc-status`, made once: looked up in every response the layer runs, and a `&str` name
-/// would be parsed again for each lookup.
-pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// The methods the layer protects by default: `POST` and `PATCH`.
 ///

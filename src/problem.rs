@@ -6,7 +6,7 @@
 //! `grpc-message` (the detail, percent-encoded) and `retry-after` where it applies, readable as
 //! status metadata. The whole response can be
 //! replaced with [`IdempotencyLayer::problem_response`](crate::IdempotencyLayer::problem_response);
-//! either way the response carries the [`Outcome`](crate::Outcome) extension.
+//! either way the response carries the [`Outcome`] extension.
 //!
 //! ```json
 //! {"type":"https://docs.rs/tower-idempotency/latest/tower_idempotency/problem/index.html#in-progress",
@@ -59,12 +59,70 @@
 //! [`fail_open`](crate::IdempotencyLayer::fail_open)).
 
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use http_body::Body;
 
+use crate::body::ResponseBody;
+use crate::extensions::Outcome;
+use crate::grpc;
 use crate::key::KeyError;
+
+/// The `Retry-After` of `409` and `503` problems unless the layer sets another
+/// ([`IdempotencyLayer::retry_after`](crate::IdempotencyLayer::retry_after)).
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A user's replacement for the problem responses.
+pub(crate) type ProblemHook = Arc<dyn Fn(&Problem) -> Response<Bytes> + Send + Sync>;
+
+/// How a layer answers its problems: the settings it was built with and the user's hook.
+#[derive(Clone)]
+pub(crate) struct Problems {
+    pub(crate) mismatch_status: StatusCode,
+    pub(crate) retry_after: Duration,
+    pub(crate) hook: Option<ProblemHook>,
+}
+
+impl Default for Problems {
+    fn default() -> Self {
+        Self {
+            mismatch_status: StatusCode::UNPROCESSABLE_ENTITY,
+            retry_after: DEFAULT_RETRY_AFTER,
+            hook: None,
+        }
+    }
+}
+
+impl fmt::Debug for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Problems")
+            .field("mismatch_status", &self.mismatch_status)
+            .field("retry_after", &self.retry_after)
+            .field("hook", &self.hook.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+impl Problems {
+    /// The layer's response for a problem of `kind`, with its [`Outcome`].
+    pub(crate) fn respond<B: Body>(
+        &self,
+        kind: ProblemKind,
+        grpc: bool,
+    ) -> Response<ResponseBody<B>> {
+        let problem = Problem::configured(kind, self.mismatch_status, self.retry_after, grpc);
+        let res = match &self.hook {
+            Some(hook) => hook(&problem),
+            None => problem.to_response(),
+        };
+        let mut res = res.map(|b| ResponseBody::full(b, None));
+        res.extensions_mut().insert(kind.outcome());
+        res
+    }
+}
 
 const TYPE_BASE: &str =
     "https://docs.rs/tower-idempotency/latest/tower_idempotency/problem/index.html#";
@@ -95,6 +153,20 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
+    /// What the layer did, as the [`Outcome`] extension says.
+    pub(crate) fn outcome(self) -> Outcome {
+        match self {
+            Self::InProgress => Outcome::Conflict,
+            Self::Mismatch => Outcome::Mismatch,
+            Self::ResponseNotStored => Outcome::NotStored,
+            Self::StoreUnavailable => Outcome::StoreUnavailable,
+            Self::MissingKey
+            | Self::InvalidKey(_)
+            | Self::BodyTooLarge { .. }
+            | Self::UnreadableBody => Outcome::Rejected,
+        }
+    }
+
     fn slug(self) -> &'static str {
         match self {
             Self::MissingKey => "missing-key",
@@ -136,7 +208,44 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub(crate) fn new(
+    /// The problem of `kind` as a layer with the default settings answers it to an HTTP request:
+    /// the status of the table above (`422` for a mismatch), `Retry-After: 1` where one applies.
+    ///
+    /// For unit tests of a [problem hook](crate::IdempotencyLayer::problem_response):
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_idempotency::problem::{Problem, ProblemKind};
+    ///
+    /// let problem = Problem::new(ProblemKind::InProgress);
+    /// assert_eq!(problem.status(), StatusCode::CONFLICT);
+    /// assert_eq!(problem.to_response().headers()["retry-after"], "1");
+    /// assert_eq!(Problem::new(ProblemKind::InProgress).with_grpc(true).grpc_code(), 10);
+    /// ```
+    pub fn new(kind: ProblemKind) -> Self {
+        Self::configured(
+            kind,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            DEFAULT_RETRY_AFTER,
+            false,
+        )
+    }
+
+    /// The same problem answered to a gRPC call (`true`) or an HTTP request (`false`).
+    pub fn with_grpc(mut self, grpc: bool) -> Self {
+        self.grpc = grpc;
+        self
+    }
+
+    /// The same problem with another HTTP status, as
+    /// [`mismatch_status`](crate::IdempotencyLayer::mismatch_status) sets for a mismatch.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// The problem as a layer with these settings answers it.
+    pub(crate) fn configured(
         kind: ProblemKind,
         mismatch: StatusCode,
         retry_after: Duration,
@@ -242,24 +351,7 @@ impl Problem {
     /// `grpc-status`, the percent-encoded detail as `grpc-message`, and `retry-after` in whole
     /// seconds where it applies. The body is empty.
     pub fn to_grpc_response(&self) -> Response<Bytes> {
-        let mut res = Response::new(Bytes::new());
-        let headers = res.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert(
-            crate::policy::GRPC_STATUS,
-            HeaderValue::from(self.grpc_code()),
-        );
-        let message = percent_encode(&self.detail());
-        if let Ok(message) = HeaderValue::from_str(&message) {
-            headers.insert("grpc-message", message);
-        }
-        if let Some(secs) = self.retry_after_secs() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        res
+        grpc::trailers_only(self.grpc_code(), &self.detail(), self.retry_after_secs())
     }
 
     fn retry_after_secs(&self) -> Option<u64> {
@@ -298,29 +390,6 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Whether a request is a gRPC call: `content-type` `application/grpc` or `application/grpc+…`
-/// (gRPC-Web, which frames trailers differently, is not).
-pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .map(HeaderValue::as_bytes)
-        .and_then(|ct| ct.strip_prefix(b"application/grpc"))
-        .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
-}
-
-/// gRPC's percent-encoding of `grpc-message`: `%` and bytes outside printable ASCII.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
 fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -341,7 +410,7 @@ mod tests {
     use super::*;
 
     fn problem(kind: ProblemKind) -> Problem {
-        Problem::new(
+        Problem::configured(
             kind,
             StatusCode::UNPROCESSABLE_ENTITY,
             Duration::from_millis(1500),
@@ -351,7 +420,7 @@ mod tests {
 
     #[test]
     fn grpc_requests_get_trailers_only_statuses() {
-        let p = Problem::new(
+        let p = Problem::configured(
             ProblemKind::InProgress,
             StatusCode::UNPROCESSABLE_ENTITY,
             Duration::from_secs(1),
@@ -369,7 +438,6 @@ mod tests {
                 .contains("still being processed")
         );
         assert!(res.body().is_empty());
-        assert_eq!(percent_encode("50% \u{e9}"), "50%25 %C3%A9");
     }
 
     #[test]
@@ -399,20 +467,6 @@ mod tests {
             assert_eq!(res.status().as_u16(), status, "{kind:?}");
             assert_eq!(res.headers().contains_key("retry-after"), status == 503);
         }
-    }
-
-    #[test]
-    fn detects_grpc() {
-        let ct = |v: &'static str| {
-            let mut h = http::HeaderMap::new();
-            h.insert("content-type", HeaderValue::from_static(v));
-            is_grpc(&h)
-        };
-        assert!(ct("application/grpc"));
-        assert!(ct("application/grpc+proto"));
-        assert!(!ct("application/grpc-web"));
-        assert!(!ct("application/json"));
-        assert!(!is_grpc(&http::HeaderMap::new()));
     }
 
     #[test]

@@ -239,7 +239,32 @@ struct Parts<'a> {
     trailers: Option<&'a HeaderMap>,
 }
 
+/// The most lines a header or trailer map of a record holds: the count is a `u16`.
+const MAX_FIELDS: usize = u16::MAX as usize;
+
+/// Whether the framing can hold `parts`: a body under 4 GiB, at most [`MAX_FIELDS`] header and
+/// trailer lines.
+fn fits(p: &Parts<'_>) -> bool {
+    let lines = |map: &HeaderMap, keep: &dyn Fn(&HeaderName) -> bool| {
+        map.iter().filter(|(n, _)| keep(n)).count()
+    };
+    u32::try_from(p.body.len()).is_ok()
+        && lines(p.headers, p.keep) <= MAX_FIELDS
+        && p.trailers.is_none_or(|t| lines(t, &|_| true) <= MAX_FIELDS)
+}
+
+/// Encodes a record. A response the framing cannot hold (see [`fits`]) is recorded as not
+/// stored, like one over the layer's size cap: the key stays completed and is never run again.
 fn encode(fingerprint: Option<Fingerprint>, response: Option<Parts<'_>>) -> Record {
+    let response = match response {
+        Some(p) if !fits(&p) => {
+            tracing::warn!(
+                "a response too large for the record's framing is recorded as not stored"
+            );
+            None
+        }
+        response => response,
+    };
     let fields_len = |map: &HeaderMap, keep: &dyn Fn(&HeaderName) -> bool| {
         2 + map
             .iter()
@@ -274,7 +299,8 @@ fn encode(fingerprint: Option<Fingerprint>, response: Option<Parts<'_>>) -> Reco
     if let Some(p) = &response {
         out.put_u16(p.status.as_u16());
         write_fields(&mut out, p.headers, p.keep);
-        out.put_u32(u32::try_from(p.body.len()).expect("body over 4 GiB"));
+        // `fits` checked the body's length.
+        out.put_u32(p.body.len() as u32);
         out.put_slice(p.body);
         if let Some(t) = p.trailers {
             write_fields(&mut out, t, &|_| true);
@@ -298,11 +324,9 @@ fn encode(fingerprint: Option<Fingerprint>, response: Option<Parts<'_>>) -> Reco
 }
 
 fn write_fields(out: &mut Vec<u8>, map: &HeaderMap, keep: &dyn Fn(&HeaderName) -> bool) {
-    let count = map
-        .keys()
-        .filter(|n| keep(n))
-        .map(|n| map.get_all(n).iter().count());
-    out.put_u16(u16::try_from(count.sum::<usize>()).expect("over 65535 headers"));
+    // `fits` checked the count.
+    let count = map.iter().filter(|(n, _)| keep(n)).count();
+    out.put_u16(count as u16);
     for (name, value) in map.iter().filter(|(n, _)| keep(n)) {
         out.put_u16(name.as_str().len() as u16);
         out.put_slice(name.as_str().as_bytes());
@@ -389,6 +413,22 @@ impl std::error::Error for DecodeError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_response_the_framing_cannot_hold_is_recorded_as_not_stored() {
+        let mut headers = HeaderMap::new();
+        for i in 0..=MAX_FIELDS {
+            headers
+                .try_append("x-line", HeaderValue::from(i))
+                .expect("room in the map");
+        }
+        let fp = Fingerprint::sha256("r");
+        let response = StoredResponse::new(StatusCode::OK, headers, Bytes::new(), None);
+        let record = Record::new(Some(fp), &response);
+        assert!(!record.is_stored());
+        assert_eq!(record.fingerprint(), Some(&fp));
+        assert_eq!(Record::from_bytes(record.as_bytes().clone()), Ok(record));
+    }
 
     fn sample() -> StoredResponse {
         let mut headers = HeaderMap::new();

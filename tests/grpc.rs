@@ -27,9 +27,11 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Response, Status};
 use tower::ServiceBuilder;
+use tower_idempotency::fingerprint::Fingerprint;
+use tower_idempotency::record::Record;
 use tower_idempotency::store::MemoryStore;
 use tower_idempotency::store::{
-    Begin, Entry, Fingerprint, OwnerToken, Record, Store, StoreError, StoreErrorKind, StoreKey,
+    Begin, Entry, OwnerToken, Store, StoreError, StoreErrorKind, StoreKey,
 };
 use tower_idempotency::{DetachedTasks, Disposition, IdempotencyLayer};
 

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+use tower_idempotency::record::Record;
 use tower_idempotency::record::StoredResponse;
 use tower_idempotency::store::{
-    Begin, Entry, OwnerToken, Record, RedisStore, Store, StoreError, StoreErrorKind, StoreKey,
+    Begin, Entry, OwnerToken, RedisStore, Store, StoreError, StoreErrorKind, StoreKey,
 };
 
 use support::redis::{RedisCluster, RedisServer};

@@ -13,9 +13,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use redis::AsyncCommands;
+use tower_idempotency::fingerprint::Fingerprint;
+use tower_idempotency::record::Record;
 use tower_idempotency::record::StoredResponse;
 use tower_idempotency::store::{
-    Begin, Entry, Fingerprint, OwnerToken, Record, RedisStore, Store, StoreErrorKind, StoreKey,
+    Begin, Entry, OwnerToken, RedisStore, Store, StoreErrorKind, StoreKey,
 };
 
 use support::redis::{RedisCluster, RedisServer, shared_connection, unique_prefix};

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use common::{Counter, Fault, Op, Probe, app, assert_problem, entry, post, send};
 use http::StatusCode;
 use tokio::time::{Instant, sleep};
+use tower_idempotency::record::Record;
 use tower_idempotency::store::MemoryStore;
-use tower_idempotency::store::{Begin, Entry, Record, StoreErrorKind};
+use tower_idempotency::store::{Begin, Entry, StoreErrorKind};
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 type Probed = Arc<Probe<MemoryStore>>;

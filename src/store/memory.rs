@@ -32,8 +32,8 @@ const MAX_SHARDS: usize = 1 << 16;
 /// use std::time::Duration;
 ///
 /// use http::{HeaderMap, StatusCode};
-/// use tower_idempotency::record::StoredResponse;
-/// use tower_idempotency::store::{Begin, MemoryStore, OwnerToken, Record, Store, StoreKey};
+/// use tower_idempotency::record::{Record, StoredResponse};
+/// use tower_idempotency::store::{Begin, MemoryStore, OwnerToken, Store, StoreKey};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower_idempotency::store::StoreError> {

@@ -27,27 +27,27 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::fingerprint::Fingerprint;
-pub use crate::key::{OwnerToken, StoreKey};
-pub use crate::record::{DecodeError, Record};
+use crate::fingerprint::Fingerprint;
+use crate::record::{DecodeError, Record};
 
-#[cfg(feature = "memory")]
+mod boxed;
 mod memory;
 mod noop;
+mod owner_token;
 #[cfg(feature = "redis")]
 mod redis;
+mod store_key;
 
+pub use self::boxed::BoxStore;
+pub use self::memory::{MemoryStore, MemoryStoreBuilder};
+pub use self::noop::NoOpStore;
+pub use self::owner_token::OwnerToken;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{ConfigReport, RedisStore};
-#[cfg(feature = "memory")]
-#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
-pub use memory::{MemoryStore, MemoryStoreBuilder};
-pub use noop::NoOpStore;
+pub use self::store_key::StoreKey;
 
 /// What [`Store::begin`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +78,18 @@ pub enum Entry {
     },
     /// A completed record.
     Completed(Record),
+}
+
+impl Entry {
+    /// What [`Store::begin`] by `token` answers when it finds this entry: [`Begin::New`] when
+    /// `token` holds the claim (a re-sent `begin`), else the holder's fingerprint or the record.
+    pub(crate) fn begin_for(self, token: OwnerToken) -> Begin {
+        match self {
+            Self::InProgress { token: holder, .. } if holder == token => Begin::New,
+            Self::InProgress { fingerprint, .. } => Begin::InProgress { fingerprint },
+            Self::Completed(record) => Begin::Completed(record),
+        }
+    }
 }
 
 /// A pluggable backend for the idempotency layer.
@@ -157,60 +169,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// How long the default [`Store::wait`] sleeps between looks.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(25);
-
-impl<T: Store + ?Sized> Store for Arc<T> {
-    fn begin(
-        &self,
-        key: &StoreKey,
-        fingerprint: Option<&Fingerprint>,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> impl Future<Output = Result<Begin, StoreError>> + Send {
-        (**self).begin(key, fingerprint, token, lease)
-    }
-
-    fn complete(
-        &self,
-        key: &StoreKey,
-        token: OwnerToken,
-        record: &Record,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).complete(key, token, record)
-    }
-
-    fn get(
-        &self,
-        key: &StoreKey,
-    ) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send {
-        (**self).get(key)
-    }
-
-    fn release(
-        &self,
-        key: &StoreKey,
-        token: OwnerToken,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).release(key, token)
-    }
-
-    fn renew(
-        &self,
-        key: &StoreKey,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).renew(key, token, lease)
-    }
-
-    fn wait(
-        &self,
-        key: &StoreKey,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        (**self).wait(key, timeout)
-    }
-}
+pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// The kinds of [`StoreError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -307,166 +266,3 @@ impl From<DecodeError> for StoreError {
         Self::with_source(StoreErrorKind::Corrupt, e)
     }
 }
-
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// The object-safe mirror of [`Store`] behind [`BoxStore`].
-trait DynStore: Send + Sync + 'static {
-    fn begin<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        fingerprint: Option<&'a Fingerprint>,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Begin, StoreError>>;
-    fn complete<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        token: OwnerToken,
-        record: &'a Record,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn get<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<Entry>, StoreError>>;
-    fn release<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        token: OwnerToken,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn renew<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn wait<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-}
-
-impl<T: Store> DynStore for T {
-    fn begin<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        fingerprint: Option<&'a Fingerprint>,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<Begin, StoreError>> {
-        Box::pin(Store::begin(self, key, fingerprint, token, lease))
-    }
-    fn complete<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        token: OwnerToken,
-        record: &'a Record,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(Store::complete(self, key, token, record))
-    }
-    fn get<'a>(&'a self, key: &'a StoreKey) -> BoxFuture<'a, Result<Option<Entry>, StoreError>> {
-        Box::pin(Store::get(self, key))
-    }
-    fn release<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        token: OwnerToken,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(Store::release(self, key, token))
-    }
-    fn renew<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(Store::renew(self, key, token, lease))
-    }
-    fn wait<'a>(
-        &'a self,
-        key: &'a StoreKey,
-        timeout: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(Store::wait(self, key, timeout))
-    }
-}
-
-/// A type-erased, cheaply clonable [`Store`], for choosing a backend at run time.
-///
-/// ```
-/// use tower_idempotency::store::{BoxStore, MemoryStore, NoOpStore};
-///
-/// let store = if std::env::var_os("IDEMPOTENCY_OFF").is_some() {
-///     BoxStore::new(NoOpStore::new())
-/// } else {
-///     BoxStore::new(MemoryStore::new())
-/// };
-/// let layer = tower_idempotency::IdempotencyLayer::new(store);
-/// # let _ = layer;
-/// ```
-#[derive(Clone)]
-pub struct BoxStore {
-    inner: Arc<dyn DynStore>,
-}
-
-impl BoxStore {
-    /// Erases `store`.
-    pub fn new<S: Store>(store: S) -> Self {
-        Self {
-            inner: Arc::new(store),
-        }
-    }
-}
-
-impl fmt::Debug for BoxStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BoxStore").finish_non_exhaustive()
-    }
-}
-
-impl Store for BoxStore {
-    async fn begin(
-        &self,
-        key: &StoreKey,
-        fingerprint: Option<&Fingerprint>,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        self.inner.begin(key, fingerprint, token, lease).await
-    }
-
-    async fn complete(
-        &self,
-        key: &StoreKey,
-        token: OwnerToken,
-        record: &Record,
-    ) -> Result<(), StoreError> {
-        self.inner.complete(key, token, record).await
-    }
-
-    async fn get(&self, key: &StoreKey) -> Result<Option<Entry>, StoreError> {
-        self.inner.get(key).await
-    }
-
-    async fn release(&self, key: &StoreKey, token: OwnerToken) -> Result<(), StoreError> {
-        self.inner.release(key, token).await
-    }
-
-    async fn renew(
-        &self,
-        key: &StoreKey,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> Result<(), StoreError> {
-        self.inner.renew(key, token, lease).await
-    }
-
-    async fn wait(&self, key: &StoreKey, timeout: Duration) -> Result<(), StoreError> {
-        self.inner.wait(key, timeout).await
-    }
-}
-
-// `BoxStore` must stay object safe behind its `Arc<dyn DynStore>`; this fails to compile if not.
-const _: fn() = || {
-    fn assert_store<S: Store + Clone>() {}
-    assert_store::<BoxStore>();
-    let _: Option<Arc<dyn DynStore>> = None;
-};

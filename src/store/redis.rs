@@ -171,7 +171,7 @@ return 0
 /// # Waiting
 ///
 /// [`Store::wait`] polls with `GET` every [poll interval](RedisStore::with_poll_interval)
-/// (default [`DEFAULT_POLL_INTERVAL`]) until the claim has ended or the timeout has passed. It
+/// (default 25 ms) until the claim has ended or the timeout has passed. It
 /// does not use pub/sub: subscribing through the connection types above needs RESP3 and a push
 /// sender configured when the user builds the connection, and sharded pub/sub on a cluster needs
 /// a subscription on the node that owns the slot. Polling works the same on all three, survives
@@ -277,7 +277,7 @@ impl<C> RedisStore<C> {
         self
     }
 
-    /// How often [`Store::wait`] looks at a claimed key (default [`DEFAULT_POLL_INTERVAL`]).
+    /// How often [`Store::wait`] looks at a claimed key (default 25 ms).
     /// Shorter intervals answer waiting duplicates sooner and cost one `GET` per waiter each.
     ///
     /// # Panics
@@ -308,7 +308,7 @@ impl<C> RedisStore<C> {
         let mut out = String::with_capacity(self.prefix.len() + 66);
         out.push_str(&self.prefix);
         out.push('{');
-        crate::key::push_hex(&mut out, key.digest());
+        crate::hex::push_hex(&mut out, key.digest());
         out.push('}');
         out
     }

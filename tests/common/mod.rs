@@ -19,8 +19,10 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_idempotency::body::{RequestBody, ResponseBody};
+use tower_idempotency::fingerprint::Fingerprint;
+use tower_idempotency::record::Record;
 use tower_idempotency::store::{
-    Begin, Entry, Fingerprint, OwnerToken, Record, Store, StoreError, StoreErrorKind, StoreKey,
+    Begin, Entry, OwnerToken, Store, StoreError, StoreErrorKind, StoreKey,
 };
 use tower_idempotency::{IdempotencyLayer, Outcome};
 

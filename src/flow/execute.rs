@@ -1,0 +1,170 @@
+//! Executing: the request owns the key. The inner service runs once while the lease is renewed;
+//! then its response is recorded (replayable) or its claim released (retryable), and only then
+//! is the response sent on.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use http::{Request, Response};
+use http_body::Body;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::execution::{Answer, Claimed};
+use super::settle::Settle;
+use crate::body::{Buffered, RequestBody, ResponseBody, buffer};
+use crate::extensions::Outcome;
+use crate::fingerprint::Fingerprint;
+use crate::policy::Disposition;
+use crate::record::Record;
+use crate::store::Store;
+
+/// The request owns the key: runs it and settles the claim.
+pub(super) struct Owner<St: Store> {
+    claim: Claimed<St>,
+    fingerprint: Option<Fingerprint>,
+}
+
+impl<St: Store> Owner<St> {
+    pub(super) fn new(claim: Claimed<St>, fingerprint: Option<Fingerprint>) -> Self {
+        Self { claim, fingerprint }
+    }
+
+    // Not an `async fn`, for the reason given at `Flow::run`.
+    pub(super) fn execute<S, ReqBody, ResBody>(
+        mut self,
+        mut inner: S,
+        req: Request<RequestBody<ReqBody>>,
+    ) -> impl Future<Output = Answer<ResBody, S::Error>>
+    where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+        ResBody: Body,
+    {
+        // Boxed on its own: captured by the block below, the request would be kept twice in
+        // one large future (an upvar stays reserved after it is moved); two small boxes are
+        // cheaper to allocate and to move than one large one.
+        let call = Box::pin(AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind());
+        async move {
+            let res = match self.renewing(call).await {
+                Err(panic) => {
+                    self.release("the handler panicked").await;
+                    std::panic::resume_unwind(panic)
+                }
+                Ok(Err(e)) => {
+                    self.release("the handler failed").await;
+                    return Err(e);
+                }
+                Ok(Ok(res)) => res,
+            };
+            let (mut parts, body) = res.into_parts();
+            // The handler's own word first, then a gRPC status in the head, then the HTTP status.
+            let chosen = parts.extensions.get::<Disposition>().copied();
+            let disposition = chosen
+                .or_else(|| Disposition::from_grpc_headers(&parts.headers))
+                .unwrap_or_else(|| Disposition::for_status(parts.status));
+            parts.extensions.insert(Outcome::Executed);
+            if disposition == Disposition::Release {
+                self.release("the response is retryable").await;
+                return Ok(Response::from_parts(parts, ResponseBody::new(body)));
+            }
+            let limit = self.claim.flow.config.max_response_body;
+            // Boxed: after an overflow, the rest is streamed on behind what was read.
+            let mut pinned = Box::pin(body);
+            let body = match self.renewing(buffer(pinned.as_mut(), limit)).await {
+                Buffered::Complete { data, trailers }
+                    if chosen.is_none()
+                        && trailers.as_ref().and_then(Disposition::from_grpc_headers)
+                            == Some(Disposition::Release) =>
+                {
+                    self.release("the gRPC status is retryable").await;
+                    ResponseBody::full(data, trailers)
+                }
+                Buffered::Complete { data, trailers } => {
+                    let skipped = &self.claim.flow.config.skipped_headers;
+                    let skip = |name: &http::HeaderName| !skipped.contains(name);
+                    let record = Record::filtered(
+                        self.fingerprint,
+                        parts.status,
+                        &parts.headers,
+                        &skip,
+                        &data,
+                        trailers.as_ref(),
+                    );
+                    self.complete(&record).await;
+                    ResponseBody::full(data, trailers)
+                }
+                Buffered::Overflow { prefix } => {
+                    self.complete(&Record::not_stored(self.fingerprint)).await;
+                    ResponseBody::chained(prefix, pinned)
+                }
+                Buffered::Failed { prefix, error } => {
+                    self.release("the response body failed").await;
+                    ResponseBody::failed(prefix, error)
+                }
+            };
+            Ok(Response::from_parts(parts, body))
+        }
+    }
+
+    /// Runs `fut` while renewing the lease every third of it.
+    async fn renewing<F: Future>(&self, fut: F) -> F::Output {
+        let Claimed {
+            flow, key, token, ..
+        } = &self.claim;
+        let lease = flow.config.lease;
+        let period = (lease / 3).max(Duration::from_millis(1));
+        let renew = async {
+            let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+            loop {
+                ticks.tick().await;
+                let renew = flow.store.renew(key, *token, lease);
+                if let Err(e) = flow.bounded(renew).await {
+                    tracing::warn!(key = %key.key(), error = %e, "renewing the lease failed");
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            out = fut => out,
+            () = renew => unreachable!("renewal never ends"),
+        }
+    }
+
+    /// Records the result. The response goes out whatever happens here.
+    async fn complete(&mut self, record: &Record) {
+        self.claim.disarm();
+        let Claimed {
+            flow, key, token, ..
+        } = &self.claim;
+        match flow.bounded(flow.store.complete(key, *token, record)).await {
+            Ok(()) => {}
+            Err(e) if e.kind().is_ambiguous() => {
+                tracing::warn!(key = %key.key(), error = %e, "recording the response may have failed; re-sending it");
+                flow.settle_later(key, *token, Settle::Complete(record.clone()), true);
+            }
+            Err(e) => {
+                tracing::error!(key = %key.key(), error = %e, "the store refused the record (the lease was lost?)");
+            }
+        }
+    }
+
+    /// Releases the claim, so that a retry runs again.
+    async fn release(&mut self, why: &'static str) {
+        self.claim.disarm();
+        let Claimed {
+            flow, key, token, ..
+        } = &self.claim;
+        tracing::debug!(key = %key.key(), why, "releasing the claim");
+        match flow.bounded(flow.store.release(key, *token)).await {
+            // Not ours any more: released already, or the lease ran out. Either way it is free.
+            Ok(()) => {}
+            Err(e) if e.kind().is_ambiguous() => {
+                tracing::warn!(key = %key.key(), error = %e, "releasing the claim may have failed; re-sending it");
+                flow.settle_later(key, *token, Settle::Release, true);
+            }
+            Err(_) => {}
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! One protected request's way through the layer, a step per file.
+//!
+//! [`Idempotency::call`](crate::Idempotency) parses the key and hands the request to
+//! [`Flow::run`], which reads and fingerprints it, claims the key and either answers (a replay or
+//! a problem) or hands back an execution to run. The response future drives that in an
+//! [`Execution`], which also decides what a dropped response future means.
+//!
+//! | step | file |
+//! | --- | --- |
+//! | buffer the body and fingerprint the request | `read.rs` |
+//! | claim the key or find who has it; read back ambiguous errors; wait; fail open | `claim.rs` |
+//! | answer a retry with the stored record | `replay.rs` |
+//! | run the inner service, renew the lease, record or release | `execute.rs` |
+//! | re-send a `complete` or `release` whose effect is unknown, in the background | `settle.rs` |
+//! | the timeout of every store call | `bounded.rs` |
+//! | what a dropped response future means: detach, release, or nothing | `execution.rs` |
+
+use std::future::Future;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::Config;
+use crate::extensions::{IdempotencyClaim, Outcome};
+use crate::store::{OwnerToken, Store, StoreKey};
+
+mod bounded;
+mod claim;
+mod execute;
+mod execution;
+mod read;
+mod replay;
+mod settle;
+
+use self::claim::Claim;
+use self::execute::Owner;
+pub(crate) use self::execution::Execution;
+use self::execution::{Claimed, Step};
+
+/// One protected request's way through the layer: what every step needs.
+pub(crate) struct Flow<St> {
+    store: Arc<St>,
+    config: Arc<Config>,
+    /// Whether the request is a gRPC call, answered with gRPC statuses.
+    grpc: bool,
+}
+
+impl<St> Clone for Flow<St> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            config: Arc::clone(&self.config),
+            grpc: self.grpc,
+        }
+    }
+}
+
+impl<St: Store> Flow<St> {
+    pub(crate) fn new(store: &Arc<St>, config: &Arc<Config>, grpc: bool) -> Self {
+        Self {
+            store: Arc::clone(store),
+            config: Arc::clone(config),
+            grpc,
+        }
+    }
+
+    /// The protected request, from its parsed key to an answer or an execution to run.
+    // Not an `async fn`: the request is taken apart before the future is made, so the future
+    // keeps its parts once (an `async fn` keeps its arguments as well as what they became).
+    pub(crate) fn run<S, ReqBody, ResBody>(
+        self,
+        mut inner: S,
+        req: Request<ReqBody>,
+        key: String,
+    ) -> impl Future<Output = Step<ResBody, S::Error>>
+    where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Body + Send + 'static,
+        ReqBody::Data: Send,
+        ReqBody::Error: Send,
+        ResBody: Body + Send + 'static,
+        ResBody::Error: Send,
+    {
+        let (mut parts, body) = req.into_parts();
+        let scope = self.config.scope.as_ref().and_then(|f| f(&parts));
+        let key = StoreKey::from_owned(scope.as_deref(), key);
+        async move {
+            let (body, fingerprint) = match self.read(&parts, body).await {
+                Ok(read) => read,
+                Err(kind) => return Step::Done(Ok(self.problem(kind))),
+            };
+            let token = OwnerToken::generate();
+            match self.claim(&key, fingerprint.as_ref(), token).await {
+                Claim::Owner => {}
+                Claim::Replay(record) => return Step::Done(Ok(self.replay(&key, &record))),
+                Claim::Problem(kind) => return Step::Done(Ok(self.problem(kind))),
+                Claim::Unprotected => {
+                    tracing::warn!(key = %key.key(), "idempotency store failed; running unprotected");
+                    let call = inner.call(Request::from_parts(parts, body));
+                    let run = Box::pin(async move {
+                        let mut res = call.await?.map(ResponseBody::new);
+                        res.extensions_mut().insert(Outcome::Unprotected);
+                        Ok(res)
+                    });
+                    return Step::Run { run, detach: None };
+                }
+            }
+            parts
+                .extensions
+                .insert(IdempotencyClaim::new(key.clone(), token));
+            let req = Request::from_parts(parts, body);
+            let detach = self.config.detach.then(|| self.config.tasks.token());
+            let owner = Owner::new(Claimed::new(self, key, token), fingerprint);
+            Step::Run {
+                run: Box::pin(owner.execute(inner, req)),
+                detach,
+            }
+        }
+    }
+
+    /// A problem as the layer's response.
+    fn problem<B: Body>(&self, kind: crate::problem::ProblemKind) -> Response<ResponseBody<B>> {
+        self.config.problems.respond(kind, self.grpc)
+    }
+}
