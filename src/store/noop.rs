@@ -1,6 +1,8 @@
 use std::time::Duration;
 
-use super::{Begin, Entry, Fingerprint, OwnerToken, Record, Store, StoreError, StoreKey};
+use super::{Begin, Entry, OwnerToken, Store, StoreError, StoreKey};
+use crate::fingerprint::Fingerprint;
+use crate::record::Record;
 
 /// A store that keeps nothing: every `begin` is new, `complete` stores nothing, `get` misses.
 ///
