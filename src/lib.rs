@@ -115,7 +115,8 @@
 //!
 //! `tower-layer`/`tower-service` and `http`/`http-body` are the interfaces the layer implements;
 //! `http-body-util` reads bodies; `bytes` carries them without copies; `sha2` computes
-//! fingerprints and store keys; `tokio` provides timers, tasks and `Notify`; `tokio-util`'s
+//! fingerprints and store keys; `hmac` keys the downstream keys a handler
+//! [derives](IdempotencyClaim::derive); `tokio` provides timers, tasks and `Notify`; `tokio-util`'s
 //! `TaskTracker` drains detached handlers; `futures-util` catches handler panics;
 //! `pin-project-lite` pins the public future and bodies; `getrandom` seeds owner tokens;
 //! `tracing` logs; `redis` (optional) talks to Redis.
