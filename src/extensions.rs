@@ -151,9 +151,18 @@ mod tests {
         assert_ne!(first.token(), rerun.token());
         assert_eq!(first.derive("charge"), rerun.derive("charge"));
         assert_ne!(first.derive("charge"), first.derive("refund"));
-        assert_ne!(first.derive("charge"), claim(Some("tenant-a"), "order-2").derive("charge"));
-        assert_ne!(first.derive("charge"), claim(Some("tenant-b"), "order-1").derive("charge"));
-        assert_ne!(first.derive("charge"), claim(None, "order-1").derive("charge"));
+        assert_ne!(
+            first.derive("charge"),
+            claim(Some("tenant-a"), "order-2").derive("charge")
+        );
+        assert_ne!(
+            first.derive("charge"),
+            claim(Some("tenant-b"), "order-1").derive("charge")
+        );
+        assert_ne!(
+            first.derive("charge"),
+            claim(None, "order-1").derive("charge")
+        );
         // Not the digest itself, nor the key.
         assert_ne!(first.derive(""), first.key().to_hex());
         assert!(!first.derive("charge").contains("order-1"));

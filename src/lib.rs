@@ -110,6 +110,7 @@
 //! | `memory` | yes | [`store::MemoryStore`], the embedded, bounded, sharded store |
 //! | `redis` | no | `store::RedisStore`, for many instances over Redis or Redis Cluster |
 //! | `test-util` | no | `conformance`, the store-conformance suite for your own stores |
+//! | `client` | no | `client`, the outbound layer that gives requests a key and retries them with it |
 //!
 //! # Dependencies
 //!
@@ -119,10 +120,15 @@
 //! [derives](IdempotencyClaim::derive); `tokio` provides timers, tasks and `Notify`; `tokio-util`'s
 //! `TaskTracker` drains detached handlers; `futures-util` catches handler panics;
 //! `pin-project-lite` pins the public future and bodies; `getrandom` seeds owner tokens;
-//! `tracing` logs; `redis` (optional) talks to Redis.
+//! `tracing` logs; `redis` (optional) talks to Redis; `tower` (optional, `client`) gives the
+//! client layer its retry budget and backoff, `httpdate` (optional, `client`) reads
+//! `Retry-After` dates and `serde_json` (optional, `client`) a problem's `type`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod conformance;

@@ -66,7 +66,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::key::KeyError;
 
-const TYPE_BASE: &str =
+pub(crate) const TYPE_BASE: &str =
     "https://docs.rs/tower-idempotency/latest/tower_idempotency/problem/index.html#";
 
 /// What the layer is answering for.
