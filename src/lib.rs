@@ -6,6 +6,10 @@
 //! every retry with the recorded response instead of running again. It fits `.layer()` in axum,
 //! tonic and hyper stacks.
 //!
+//! Its client half (feature `client`), `client::IdempotentRetryLayer`, gives outbound requests
+//! a key and retries them with that same key over hyper-util's client or a tonic `Channel`; a
+//! handler sends stable keys to the services it calls with [`IdempotencyClaim::derive`].
+//!
 //! [`tower::Service`]: tower_service::Service
 //!
 //! # Example

@@ -42,11 +42,14 @@ async fn bounded<F: Future>(fut: F) -> F::Output {
     tokio::time::timeout(LIMIT, fut).await.expect("timed out")
 }
 
-/// What the handler did: per key, the body of each execution, and when it ran.
+/// One execution: the body it answered, and when it ran.
+type Run = (String, tokio::time::Instant);
+
+/// What the handler did: per key, each execution.
 #[derive(Clone, Default)]
 struct Runs {
     next: Arc<AtomicU64>,
-    by_key: Arc<Mutex<HashMap<String, Vec<(String, tokio::time::Instant)>>>>,
+    by_key: Arc<Mutex<HashMap<String, Vec<Run>>>>,
 }
 
 impl Runs {
@@ -64,7 +67,7 @@ impl Runs {
         (runs.len(), body)
     }
 
-    fn of(&self, key: &str) -> Vec<(String, tokio::time::Instant)> {
+    fn of(&self, key: &str) -> Vec<Run> {
         self.by_key
             .lock()
             .unwrap()

@@ -84,7 +84,7 @@ impl IdempotentRetryLayer {
         self
     }
 
-    /// The methods whose requests get a key and are retried [`POST`, `PATCH`].
+    /// The methods whose requests get a key and are retried (default `POST`, `PATCH`).
     ///
     /// A request of another method that already carries a key is covered too: the caller
     /// asked for it. Other requests pass through once, untouched (use tower's `Retry` for
@@ -94,18 +94,18 @@ impl IdempotentRetryLayer {
         self.with(|c| c.methods = methods)
     }
 
-    /// The key header [`Idempotency-Key`]; match the server's.
+    /// The key header (default `Idempotency-Key`); match the server's.
     pub fn header_name(self, name: HeaderName) -> Self {
         self.with(|c| c.header = name)
     }
 
-    /// How many times a request is sent at most, the first included [3]. `1` turns retries
+    /// How many times a request is sent at most, the first included (default 3). `1` turns retries
     /// off (keys are still added); `0` counts as `1`.
     pub fn max_attempts(self, attempts: u32) -> Self {
         self.with(|c| c.max_attempts = attempts.max(1))
     }
 
-    /// How long after the first attempt started a retry may still start [30 s].
+    /// How long after the first attempt started a retry may still start (default 30 s).
     ///
     /// No retry starts, and no wait runs, past it: the last answer is handed back instead. It
     /// does not cut an attempt short: put a `tower::timeout::TimeoutLayer` *inside* this layer
@@ -115,7 +115,7 @@ impl IdempotentRetryLayer {
         self.with(|c| c.deadline = deadline)
     }
 
-    /// The backoff between attempts [100 ms, 5 s]: tower's exponential backoff from `min`,
+    /// The backoff between attempts (default 100 ms, 5 s): tower's exponential backoff from `min`,
     /// doubling each retry up to `max`, each delay plus a random jitter of up to 100 % (capped
     /// at `max`), so that clients that failed together do not retry together.
     ///
@@ -128,7 +128,7 @@ impl IdempotentRetryLayer {
         })
     }
 
-    /// The longest `Retry-After` the layer honours [10 s].
+    /// The longest `Retry-After` the layer honours (default 10 s).
     ///
     /// An answer's `Retry-After` (delay-seconds or an HTTP date; gRPC's `retry-after`
     /// metadata) replaces a shorter backoff delay, up to this cap. A longer one waits the cap,
@@ -137,7 +137,7 @@ impl IdempotentRetryLayer {
         self.with(|c| c.max_retry_after = cap)
     }
 
-    /// The retry budget, shared by every service this layer makes [`TpsBudget::default()`].
+    /// The retry budget, shared by every service this layer makes (default `TpsBudget::default()`).
     ///
     /// Each covered request deposits into it, each retry withdraws; when it is spent, the
     /// retryable answer is handed back instead of being retried. It keeps a failing
@@ -149,8 +149,8 @@ impl IdempotentRetryLayer {
         self.with(|c| c.budget = budget)
     }
 
-    /// The most request body bytes buffered for a re-send [1 MiB, the server layer's default
-    /// fingerprint limit].
+    /// The most request body bytes buffered for a re-send (default 1 MiB, the server layer's
+    /// default fingerprint limit).
     ///
     /// A body over it is sent once, as it streams, and never retried: the layer cannot send
     /// the same bytes again. It logs a warning and marks the response with
