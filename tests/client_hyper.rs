@@ -28,8 +28,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::service::TowerToHyperService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_idempotency::IdempotencyLayer;
+use tower_idempotency::body::ResponseBody;
 use tower_idempotency::client::{
     IdempotentRetry, IdempotentRetryLayer, ReplayBody, RetryReport, Stop,
 };
@@ -143,12 +144,18 @@ struct Answer {
     body: String,
 }
 
-async fn post_to(
-    client: &HttpClient,
+async fn post_to<S>(
+    client: &S,
     url: String,
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
-) -> Result<Answer, hyper_util::client::legacy::Error> {
+) -> Result<Answer, S::Error>
+where
+    S: Service<
+            http::Request<Full<Bytes>>,
+            Response = http::Response<ResponseBody<hyper::body::Incoming>>,
+        > + Clone,
+{
     let mut req = http::Request::post(url);
     for (name, value) in headers {
         req = req.header(*name, *value);
@@ -261,6 +268,34 @@ async fn a_retry_while_the_first_runs_waits_for_it() {
     assert!(answer.report.attempts() >= 2);
     assert_eq!(counts.dropped.load(Ordering::SeqCst), 1);
     proxy.stop().await;
+    server.stop().await;
+}
+
+/// A timeout layer inside the client layer cuts a slow attempt short; the timeout is retried
+/// with the same key, and the retry gets the one execution's response.
+#[tokio::test]
+async fn a_timeout_inside_is_retried() {
+    let runs = Runs::default();
+    let server = server(BoxStore::new(MemoryStore::new()), &runs).await;
+    let http = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>();
+    let client = ServiceBuilder::new()
+        .layer(layer().max_attempts(5))
+        .timeout(Duration::from_millis(300))
+        .service(http);
+    let answer = post_to(
+        &client,
+        format!("http://{}/orders", server.addr()),
+        &[("x-delay-ms", "600")],
+        "{}",
+    )
+    .await
+    .unwrap();
+
+    let runs = runs.of(answer.report.key().unwrap());
+    assert_eq!(runs.len(), 1, "ran {} times", runs.len());
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(answer.body, runs[0].0);
+    assert!(answer.report.attempts() >= 2);
     server.stop().await;
 }
 
