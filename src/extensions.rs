@@ -123,16 +123,8 @@ fn derive_key(digest: &[u8; 32], label: &str) -> String {
     // The context keeps these keys apart from any other use of the digest.
     mac.update(b"tower-idempotency derive v1\0");
     mac.update(label.as_bytes());
-    let tag = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(64);
-    for b in tag {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
+    crate::key::hex(&mac.finalize().into_bytes())
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]
 mod tests {
@@ -170,7 +162,8 @@ mod tests {
 
     #[test]
     fn derive_is_hmac_sha256_keyed_by_the_digest() {
-        // The same tag from the general HMAC constructor, which takes a 32-byte key as it is.
+        // The same tag from the general HMAC constructor, which takes a 32-byte key as it is,
+        // in hex spelled by `format!`.
         let claim = claim(None, "k");
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(claim.key().digest()).unwrap();
         mac.update(b"tower-idempotency derive v1\0charge");

@@ -258,8 +258,7 @@ fn fresh_key() -> HeaderValue {
         bytes[..8].copy_from_slice(&s.hash_one((n, 0u8)).to_be_bytes());
         bytes[8..].copy_from_slice(&s.hash_one((n, 1u8)).to_be_bytes());
     }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    HeaderValue::try_from(hex).expect("lowercase hex is a valid header value")
+    HeaderValue::try_from(crate::key::hex(&bytes)).expect("lowercase hex is a valid header value")
 }
 
 #[cfg(test)]
