@@ -164,7 +164,9 @@
 //!   gRPC calls: a client stream is sent when it ends, so a bidirectional call that waits for
 //!   replies before it finishes its stream must not go through this layer.
 //! - **A response is decided by its head**: a gRPC status in the trailers, or an HTTP body
-//!   that fails midway, is handed on as it is.
+//!   that fails midway, is handed on as it is. Only a retryable `problem+json` answer has its
+//!   body read first (up to 16 KiB), to find its `type`; a server that stalls in that body
+//!   stalls the call, which a timeout layer outside this one bounds.
 //! - **Retries are only as safe as the server.** The server must deduplicate by the key
 //!   ([`IdempotencyLayer`](crate::IdempotencyLayer), or an API such as Stripe's). Against a
 //!   server that ignores the key, a retried `POST` after a lost response runs twice.
