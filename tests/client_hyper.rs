@@ -29,12 +29,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::service::TowerToHyperService;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_idempotency::IdempotencyLayer;
 use tower_idempotency::body::ResponseBody;
 use tower_idempotency::client::{
     IdempotentRetry, IdempotentRetryLayer, ReplayBody, RetryReport, Stop,
 };
 use tower_idempotency::store::{BoxStore, MemoryStore};
+use tower_idempotency::{IdempotencyClaim, IdempotencyLayer};
 
 /// The bound on every await that could hang.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -448,4 +448,85 @@ async fn a_body_over_the_limit_is_not_retried() {
     steady.stop().await;
     flaky.stop().await;
     server.stop().await;
+}
+
+/// A handler that charges through another API with `derive("charge")`, then fails with a
+/// retryable `503` on its first run (the order could not be saved): the server layer releases
+/// the key, the client retries, the handler runs again and charges with the same derived key,
+/// which the payment API answers with its replay. One charge.
+#[tokio::test]
+async fn a_rerun_handler_sends_the_same_key_downstream() {
+    let charges = Runs::default();
+    let payments = {
+        let app = Router::new()
+            .route("/charges", post(create_order))
+            .with_state(charges.clone())
+            .layer(IdempotencyLayer::new(MemoryStore::new()));
+        serve(TowerToHyperService::new(app)).await.unwrap()
+    };
+
+    #[derive(Clone)]
+    struct Shop {
+        payments: String,
+        client: HttpClient,
+        runs: Arc<AtomicU64>,
+        downstream_keys: Arc<Mutex<Vec<String>>>,
+    }
+    async fn order(
+        State(shop): State<Shop>,
+        axum::Extension(claim): axum::Extension<IdempotencyClaim>,
+        _body: Bytes,
+    ) -> Response {
+        let run = shop.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        let key = claim.derive("charge");
+        shop.downstream_keys.lock().unwrap().push(key.clone());
+        let charge = post_to(
+            &shop.client,
+            shop.payments.clone(),
+            &[("idempotency-key", &key)],
+            "amount=1000",
+        )
+        .await
+        .unwrap();
+        if run == 1 {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+        (StatusCode::CREATED, format!("paid with {}", charge.body)).into_response()
+    }
+    let shop = Shop {
+        payments: format!("http://{}/charges", payments.addr()),
+        client: client(layer()),
+        runs: Arc::default(),
+        downstream_keys: Arc::default(),
+    };
+    let orders = {
+        let app = Router::new()
+            .route("/orders", post(order))
+            .with_state(shop.clone())
+            .layer(IdempotencyLayer::new(MemoryStore::new()));
+        serve(TowerToHyperService::new(app)).await.unwrap()
+    };
+
+    let answer = post_to(
+        &client(layer()),
+        format!("http://{}/orders", orders.addr()),
+        &[],
+        "{}",
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(answer.report.attempts(), 2);
+    assert_eq!(shop.runs.load(Ordering::SeqCst), 2, "the handler ran again");
+    let keys = shop.downstream_keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "both runs sent the same downstream key");
+    assert_ne!(Some(keys[0].as_str()), answer.report.key());
+    let charged = charges.of(&keys[0]);
+    assert_eq!(charged.len(), 1, "charged once");
+    assert_eq!(answer.body, format!("paid with {}", charged[0].0));
+    assert_eq!(charges.total(), 1);
+    orders.stop().await;
+    payments.stop().await;
 }
