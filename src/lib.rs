@@ -123,7 +123,8 @@
 //! fingerprints and store keys; `hmac` keys the downstream keys a handler
 //! [derives](IdempotencyClaim::derive); `tokio` provides timers, tasks and `Notify`; `tokio-util`'s
 //! `TaskTracker` drains detached handlers; `futures-util` catches handler panics;
-//! `pin-project-lite` pins the public future and bodies; `getrandom` seeds owner tokens;
+//! `pin-project-lite` pins the public future and bodies; `getrandom` seeds owner tokens (and the
+//! client layer's keys and jitter);
 //! `tracing` logs; `redis` (optional) talks to Redis; `tower` (optional, `client`) gives the
 //! client layer its retry budget and backoff, `httpdate` (optional, `client`) reads
 //! `Retry-After` dates and `serde_json` (optional, `client`) a problem's `type`.
