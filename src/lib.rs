@@ -6,6 +6,10 @@
 //! every retry with the recorded response instead of running again. It fits `.layer()` in axum,
 //! tonic and hyper stacks.
 //!
+//! Its client half (feature `client`), `client::IdempotentRetryLayer`, gives outbound requests
+//! a key and retries them with that same key over hyper-util's client or a tonic `Channel`; a
+//! handler sends stable keys to the services it calls with [`IdempotencyClaim::derive`].
+//!
 //! [`tower::Service`]: tower_service::Service
 //!
 //! # Example
@@ -112,18 +116,26 @@
 //! | --- | --- | --- |
 //! | `redis` | no | `store::RedisStore`, for many instances over Redis or Redis Cluster |
 //! | `test-util` | no | `conformance`, the store-conformance suite for your own stores |
+//! | `client` | no | `client`, the outbound layer that gives requests a key and retries them with it |
 //!
 //! # Dependencies
 //!
 //! `tower-layer`/`tower-service` and `http`/`http-body` are the interfaces the layer implements;
 //! `http-body-util` reads bodies; `bytes` carries them without copies; `sha2` computes
-//! fingerprints and store keys; `tokio` provides timers, tasks and `Notify`; `tokio-util`'s
+//! fingerprints and store keys; `hmac` keys the downstream keys a handler
+//! [derives](IdempotencyClaim::derive); `tokio` provides timers, tasks and `Notify`; `tokio-util`'s
 //! `TaskTracker` drains detached handlers; `futures-util` catches handler panics;
-//! `pin-project-lite` pins the public future and bodies; `getrandom` seeds owner tokens;
-//! `tracing` logs; `redis` (optional) talks to Redis.
+//! `pin-project-lite` pins the public future and bodies; `getrandom` seeds owner tokens (and the
+//! client layer's keys and jitter);
+//! `tracing` logs; `redis` (optional) talks to Redis; `tower` (optional, `client`) gives the
+//! client layer its retry budget and backoff, `httpdate` (optional, `client`) reads
+//! `Retry-After` dates and `serde_json` (optional, `client`) a problem's `type`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 mod config;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

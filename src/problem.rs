@@ -124,7 +124,7 @@ impl Problems {
     }
 }
 
-const TYPE_BASE: &str =
+pub(crate) const TYPE_BASE: &str =
     "https://docs.rs/tower-idempotency/latest/tower_idempotency/problem/index.html#";
 
 /// What the layer is answering for.
