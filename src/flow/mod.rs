@@ -17,14 +17,16 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use http::{Request, Response};
+use http::{Request, Response, header, request};
 use http_body::Body;
 use tower_service::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Config;
 use crate::extensions::{IdempotencyClaim, Outcome};
+use crate::problem::ProblemKind;
 use crate::store::{OwnerToken, Store, StoreKey};
 
 mod bounded;
@@ -87,9 +89,12 @@ impl<St: Store> Flow<St> {
         ResBody::Error: Send,
     {
         let (mut parts, body) = req.into_parts();
-        let scope = self.config.scope.as_ref().and_then(|f| f(&parts));
-        let key = StoreKey::from_owned(scope.as_deref(), key);
+        let scope = self.scope(&parts);
         async move {
+            let key = match scope {
+                Ok(scope) => StoreKey::from_owned(scope.as_deref(), key),
+                Err(kind) => return Step::Done(Ok(self.problem(kind))),
+            };
             let (body, fingerprint) = match self.read(&parts, body).await {
                 Ok(read) => read,
                 Err(kind) => return Step::Done(Ok(self.problem(kind))),
@@ -123,8 +128,31 @@ impl<St: Store> Flow<St> {
         }
     }
 
+    /// The request's scope: `Ok(None)` for global keys; the `missing-scope` problem when a scope
+    /// function finds none and unscoped requests may not share keys.
+    fn scope(&self, parts: &request::Parts) -> Result<Option<String>, ProblemKind> {
+        let config = &self.config;
+        let Some(scope) = &config.scope else {
+            let credentials = parts.headers.contains_key(header::AUTHORIZATION)
+                || parts.headers.contains_key(header::COOKIE);
+            if credentials && !config.warned_unscoped.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "a protected request carries credentials but the idempotency layer has no \
+                     scope: keys are global, so one user's key replays to another; set \
+                     IdempotencyLayer::scope"
+                );
+            }
+            return Ok(None);
+        };
+        match scope(parts) {
+            Some(scope) => Ok(Some(scope)),
+            None if config.unscoped_share_keys => Ok(None),
+            None => Err(ProblemKind::MissingScope),
+        }
+    }
+
     /// A problem as the layer's response.
-    fn problem<B: Body>(&self, kind: crate::problem::ProblemKind) -> Response<ResponseBody<B>> {
+    fn problem<B: Body>(&self, kind: ProblemKind) -> Response<ResponseBody<B>> {
         self.config.problems.respond(kind, self.grpc)
     }
 }
