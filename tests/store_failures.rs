@@ -324,3 +324,35 @@ async fn a_corrupt_record_never_runs_the_handler() {
         assert_eq!(counter.get(), 0, "fail_open({fail_open})");
     }
 }
+
+/// A client that gives up while its `begin` is in flight (the claim landed, the reply has not
+/// come yet) leaves no claim behind: the layer releases it in the background, so the retry runs
+/// at once instead of getting `409`s for the whole lease.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_gives_up_during_the_claim_leaves_no_claim() {
+    let store = probed();
+    let counter = Counter::new();
+    let mut svc = app(
+        IdempotencyLayer::new(store.clone()).lease(Duration::from_secs(30)),
+        &counter,
+    );
+    store.set(Op::Begin, Fault::LandThenHang);
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), send(&mut svc, post("k", "{}")));
+    assert!(gave_up.await.is_err(), "the begin never answers");
+    assert!(
+        matches!(
+            entry(store.inner(), "k").await,
+            Some(Entry::InProgress { .. })
+        ),
+        "the claim landed"
+    );
+
+    store.clear(Op::Begin);
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(entry(store.inner(), "k").await, None, "released");
+    assert_eq!(store.calls(Op::Release), 1);
+    let retry = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert_eq!(retry.outcome, Some(Outcome::Executed));
+    assert_eq!(counter.get(), 1);
+}

@@ -8,7 +8,7 @@
 //! | dropped | what happens |
 //! | --- | --- |
 //! | before the first poll | nothing was sent to the store: nothing to do |
-//! | while claiming | the claim step is dropped |
+//! | while claiming | the claim step is dropped; a `begin` that was sent and not yet answered may have claimed the key, so its [`ClaimInFlight`] releases that claim, owner-checked, in the background |
 //! | while running, detached (the default) | the run moves, as it is, into a task of the layer's [`TaskTracker`] and records its result there |
 //! | while running, attached ([`detach(false)`](crate::IdempotencyLayer::detach)) | the run is cancelled and its [`Claimed`] releases the claim, owner-checked, in the background |
 //! | after the response | nothing |
@@ -160,6 +160,44 @@ impl<B: Body, E> Execution<B, E> {
 impl<B: Body, E> Drop for Execution<B, E> {
     fn drop(&mut self) {
         self.abandon();
+    }
+}
+
+/// A `begin` by this request's token that was sent and whose answer is not known yet. Dropped
+/// while armed (the client went away, or an outer timeout fired, before the store answered), it
+/// releases the claim the token may hold, owner-checked, in the background: a claim nobody runs
+/// would otherwise hold retries off with `409`s for a whole lease. The release waits a moment
+/// first, so that it reaches the store after the `begin` it cleans up after.
+pub(super) struct ClaimInFlight<'a, St: Store> {
+    flow: &'a Flow<St>,
+    key: &'a StoreKey,
+    token: OwnerToken,
+    armed: bool,
+}
+
+impl<'a, St: Store> ClaimInFlight<'a, St> {
+    /// Armed: about to send a `begin` for `token`.
+    pub(super) fn arm(flow: &'a Flow<St>, key: &'a StoreKey, token: OwnerToken) -> Self {
+        Self {
+            flow,
+            key,
+            token,
+            armed: true,
+        }
+    }
+
+    /// The store answered (or the layer settles the claim itself).
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<St: Store> Drop for ClaimInFlight<'_, St> {
+    fn drop(&mut self) {
+        if self.armed && !std::thread::panicking() {
+            self.flow
+                .settle_later(self.key, self.token, Settle::Release, true);
+        }
     }
 }
 
