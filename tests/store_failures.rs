@@ -356,3 +356,53 @@ async fn a_client_that_gives_up_during_the_claim_leaves_no_claim() {
     assert_eq!(retry.outcome, Some(Outcome::Executed));
     assert_eq!(counter.get(), 1);
 }
+
+/// While the record is owed (the store hangs on `complete`), the lease is kept alive: renewed
+/// while the first `complete` waits and between the background re-sends. The store answers
+/// again only after the original lease would have run out, and the record still lands: a retry
+/// gets the replay, never a second execution.
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_kept_alive_until_the_record_lands() {
+    let store = probed();
+    let counter = Counter::new();
+    let lease = Duration::from_secs(3);
+    let mut svc = app(
+        IdempotencyLayer::new(store.clone())
+            .lease(lease)
+            .store_timeout(Duration::from_millis(2500)),
+        &counter,
+    );
+    store.set(Op::Complete, Fault::Hang);
+    let started = Instant::now();
+    let first = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(
+        store.calls(Op::Renew) >= 2,
+        "renewed while recording: {}",
+        store.calls(Op::Renew)
+    );
+
+    // Well past the original lease, the key is still claimed by the owner, not free.
+    sleep_until_after(started, lease * 2).await;
+    assert!(matches!(
+        entry(store.inner(), "k").await,
+        Some(Entry::InProgress { .. })
+    ));
+    let meanwhile = send(&mut svc, post("k", "{}")).await;
+    assert_problem(&meanwhile, 409, "in-progress");
+
+    store.clear(Op::Complete);
+    sleep(Duration::from_secs(4)).await;
+    assert!(matches!(
+        entry(store.inner(), "k").await,
+        Some(Entry::Completed(_))
+    ));
+    let retry = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(retry.outcome, Some(Outcome::Replayed));
+    assert_eq!(retry.body, first.body);
+    assert_eq!(counter.get(), 1);
+}
+
+async fn sleep_until_after(start: Instant, d: Duration) {
+    tokio::time::sleep_until(start + d).await;
+}

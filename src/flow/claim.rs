@@ -114,7 +114,7 @@ impl<St: Store> Flow<St> {
         if self.config.fail_open && error.kind() != StoreErrorKind::Corrupt {
             return Claim::Unprotected;
         }
-        tracing::warn!(key = %key.key(), error = %error, "idempotency store failed; answering 503");
+        tracing::warn!(key = %key.log_id(), error = %error, "idempotency store failed; answering 503");
         Claim::Problem(ProblemKind::StoreUnavailable)
     }
 }

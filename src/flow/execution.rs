@@ -22,6 +22,7 @@ use http::Response;
 use http_body::Body;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::{Instrument, Span};
 
 use super::Flow;
 use super::settle::Settle;
@@ -42,8 +43,8 @@ pub(crate) type BoxRun<B, E> = Pin<Box<dyn Run<B, E>>>;
 /// Spawning needs `'static` bounds that a response future's drop cannot name; this trait is
 /// implemented where the run is made, so the boxed run carries the way to detach itself.
 pub(crate) trait Run<B: Body, E>: Future<Output = Answer<B, E>> + Send {
-    /// Runs `self` to its end in a task of `tasks`, its answer dropped.
-    fn detach(self: Pin<Box<Self>>, tasks: &TaskTracker);
+    /// Runs `self` to its end in a task of `tasks`, in `span`, its answer dropped.
+    fn detach(self: Pin<Box<Self>>, tasks: &TaskTracker, span: Span);
 }
 
 impl<T, B, E> Run<B, E> for T
@@ -51,15 +52,13 @@ where
     T: Future<Output = Answer<B, E>> + Send + 'static,
     B: Body,
 {
-    fn detach(self: Pin<Box<Self>>, tasks: &TaskTracker) {
+    fn detach(self: Pin<Box<Self>>, tasks: &TaskTracker, span: Span) {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                tasks.spawn_on(
-                    async move {
-                        let _answer = self.await;
-                    },
-                    &handle,
-                );
+                let run = async move {
+                    let _answer = self.await;
+                };
+                tasks.spawn_on(run.instrument(span), &handle);
             }
             // Nowhere to run it: the claim is left to its lease, as when the runtime shuts down.
             Err(_) => tracing::warn!(
@@ -81,8 +80,8 @@ pub(crate) enum Step<B: Body, E> {
         run: BoxRun<B, E>,
         /// A token of the layer's tracker when a dropped response future detaches the run:
         /// held while the run is polled in place, so that `DetachedTasks` counts and drains it
-        /// like a task. `None` when dropping cancels it.
-        detach: Option<TaskTrackerToken>,
+        /// like a task; and the span the detached run keeps. `None` when dropping cancels it.
+        detach: Option<(TaskTrackerToken, Span)>,
     },
 }
 
@@ -102,7 +101,7 @@ enum Stage<B: Body, E> {
     Claiming(BoxClaim<B, E>),
     Running {
         run: BoxRun<B, E>,
-        detach: Option<TaskTrackerToken>,
+        detach: Option<(TaskTrackerToken, Span)>,
     },
     Finished,
 }
@@ -149,8 +148,8 @@ impl<B: Body, E> Execution<B, E> {
         match std::mem::replace(&mut self.stage, Stage::Finished) {
             Stage::Running {
                 run,
-                detach: Some(token),
-            } => run.detach(token.task_tracker()),
+                detach: Some((token, span)),
+            } => run.detach(token.task_tracker(), span),
             // Dropped: a run's `Claimed` releases its claim.
             Stage::Running { detach: None, .. } | Stage::Claiming(_) | Stage::Finished => {}
         }

@@ -10,7 +10,8 @@
 //! | buffer the body and fingerprint the request | `read.rs` |
 //! | claim the key or find who has it; read back ambiguous errors; wait; fail open | `claim.rs` |
 //! | answer a retry with the stored record | `replay.rs` |
-//! | run the inner service, renew the lease, record or release | `execute.rs` |
+//! | run the inner service, record or release | `execute.rs` |
+//! | keep the lease alive while the handler runs and while its record is owed | `renew.rs` |
 //! | re-send a `complete` or `release` whose effect is unknown, in the background | `settle.rs` |
 //! | the timeout of every store call | `bounded.rs` |
 //! | what a dropped response future means: detach, release, or nothing | `execution.rs` |
@@ -34,6 +35,7 @@ mod claim;
 mod execute;
 mod execution;
 mod read;
+mod renew;
 mod replay;
 mod settle;
 
@@ -48,6 +50,9 @@ pub(crate) struct Flow<St> {
     config: Arc<Config>,
     /// Whether the request is a gRPC call, answered with gRPC statuses.
     grpc: bool,
+    /// The span the request was called in (an outer `TraceLayer`'s, say): work that goes on
+    /// after the response future is gone (a detached handler, background re-sends) keeps it.
+    span: tracing::Span,
 }
 
 impl<St> Clone for Flow<St> {
@@ -56,6 +61,7 @@ impl<St> Clone for Flow<St> {
             store: Arc::clone(&self.store),
             config: Arc::clone(&self.config),
             grpc: self.grpc,
+            span: self.span.clone(),
         }
     }
 }
@@ -66,6 +72,7 @@ impl<St: Store> Flow<St> {
             store: Arc::clone(store),
             config: Arc::clone(config),
             grpc,
+            span: tracing::Span::current(),
         }
     }
 
@@ -105,7 +112,7 @@ impl<St: Store> Flow<St> {
                 Claim::Replay(record) => return Step::Done(Ok(self.replay(&key, &record))),
                 Claim::Problem(kind) => return Step::Done(Ok(self.problem(kind))),
                 Claim::Unprotected => {
-                    tracing::warn!(key = %key.key(), "idempotency store failed; running unprotected");
+                    tracing::warn!(key = %key.log_id(), "idempotency store failed; running unprotected");
                     let call = inner.call(Request::from_parts(parts, body));
                     let run = Box::pin(async move {
                         let mut res = call.await?.map(ResponseBody::new);
@@ -119,7 +126,10 @@ impl<St: Store> Flow<St> {
                 .extensions
                 .insert(IdempotencyClaim::new(key.clone(), token));
             let req = Request::from_parts(parts, body);
-            let detach = self.config.detach.then(|| self.config.tasks.token());
+            let detach = self
+                .config
+                .detach
+                .then(|| (self.config.tasks.token(), self.span.clone()));
             let owner = Owner::new(Claimed::new(self, key, token), fingerprint);
             Step::Run {
                 run: Box::pin(owner.execute(inner, req)),
