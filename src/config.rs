@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +35,12 @@ pub(crate) struct Config {
     pub(crate) max_key_len: usize,
     pub(crate) require_key: bool,
     pub(crate) scope: Option<ScopeFn>,
+    /// Whether requests that a scope function finds no scope for share one global key space
+    /// (the explicit opt-in) instead of being refused with `403`.
+    pub(crate) unscoped_share_keys: bool,
+    /// Set once the layer has warned that it has no scope function while requests carry
+    /// credentials; shared by every service the layer makes.
+    pub(crate) warned_unscoped: Arc<AtomicBool>,
     pub(crate) fingerprint: Fingerprinting,
     pub(crate) max_request_body: usize,
     pub(crate) max_response_body: usize,
@@ -56,6 +63,8 @@ impl Default for Config {
             max_key_len: 255,
             require_key: false,
             scope: None,
+            unscoped_share_keys: false,
+            warned_unscoped: Arc::new(AtomicBool::new(false)),
             fingerprint: Fingerprinting::Default,
             max_request_body: 1024 * 1024,
             max_response_body: 1024 * 1024,
@@ -85,6 +94,7 @@ impl fmt::Debug for Config {
             .field("max_key_len", &self.max_key_len)
             .field("require_key", &self.require_key)
             .field("scope", &self.scope.as_ref().map(|_| "<fn>"))
+            .field("unscoped_share_keys", &self.unscoped_share_keys)
             .field("fingerprint", &fingerprint)
             .field("max_request_body", &self.max_request_body)
             .field("max_response_body", &self.max_response_body)

@@ -5,7 +5,10 @@
 //!
 //! - the IETF form, an RFC 8941 sf-string: `Idempotency-Key: "8e03978e-40d5"` (with `\"` and
 //!   `\\` escapes; parameters after the string are rejected);
-//! - the bare token that Stripe-style clients send: `Idempotency-Key: 8e03978e-40d5`.
+//! - the bare token that Stripe-style clients send: `Idempotency-Key: 8e03978e-40d5`. A bare
+//!   key never holds a `,` or a `;`: RFC 8941 reads `k1, k2` as a list (two key lines that a
+//!   proxy folded into one) and `k;a=1` as a key with parameters, so both get a `400`. Inside an
+//!   sf-string they are ordinary characters.
 //!
 //! A key has 1 to 255 characters (the maximum is configurable), all printable ASCII. A request
 //! with two key headers, an empty key, a malformed sf-string or a key that is too long gets a
@@ -32,6 +35,9 @@ pub enum KeyError {
     InvalidCharacter,
     /// A value that starts with `"` but is not one valid sf-string.
     MalformedString,
+    /// A bare key with a `,` or a `;`: RFC 8941 reads it as a list (two key lines that a proxy
+    /// folded into one) or as a key with parameters, not as one key.
+    ListOrParameters,
 }
 
 impl fmt::Display for KeyError {
@@ -48,6 +54,9 @@ impl fmt::Display for KeyError {
             Self::MalformedString => {
                 f.write_str("the idempotency key is not a valid structured-field string")
             }
+            Self::ListOrParameters => f.write_str(
+                "the idempotency key has a ',' or a ';': it reads as a list or with parameters; send one key",
+            ),
         }
     }
 }
@@ -90,6 +99,9 @@ pub fn parse_key(
     } else {
         if !raw.iter().all(|b| (0x20..=0x7e).contains(b)) {
             return Err(KeyError::InvalidCharacter);
+        }
+        if raw.iter().any(|b| matches!(b, b',' | b';')) {
+            return Err(KeyError::ListOrParameters);
         }
         // Printable ASCII is valid UTF-8.
         String::from_utf8(raw.to_vec()).map_err(|_| KeyError::InvalidCharacter)?
@@ -171,6 +183,12 @@ mod tests {
         assert_eq!(parse(&[b""]), Err(KeyError::Empty));
         assert_eq!(parse(&[b"\"\""]), Err(KeyError::Empty));
         assert_eq!(parse(&[b"caf\xc3\xa9"]), Err(KeyError::InvalidCharacter));
+        // Two key lines folded into one by a proxy, and a bare key with parameters.
+        assert_eq!(parse(&[b"k1, k2"]), Err(KeyError::ListOrParameters));
+        assert_eq!(parse(&[b"k1,k2"]), Err(KeyError::ListOrParameters));
+        assert_eq!(parse(&[b"k;a=1"]), Err(KeyError::ListOrParameters));
+        // Inside an sf-string they are plain characters of the key.
+        assert_eq!(parse(&[b"\"k1, k2;a\""]).unwrap().unwrap(), "k1, k2;a");
         assert_eq!(
             parse(&[b"\"caf\xc3\xa9\""]),
             Err(KeyError::InvalidCharacter)

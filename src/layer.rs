@@ -97,7 +97,14 @@ impl<St> IdempotencyLayer<St> {
     /// **Multi-user APIs must set a scope.** Without one, keys are global: a client who sends
     /// another client's key (guessed, leaked or reused) gets that client's stored response. The
     /// scope is folded into the store key unambiguously, so equal keys under different scopes
-    /// never meet. Return `None` only for requests that have no user.
+    /// never meet. Without a scope function, the first protected request that carries
+    /// credentials (`Authorization` or `Cookie`) logs a warning, once per layer.
+    ///
+    /// **It fails closed.** When the function returns `None` for a protected request, the layer
+    /// answers a [`403` problem](crate::problem#missing-scope) and claims nothing: the caller is
+    /// anonymous, or this layer sits *outside* the authentication that sets the scope (see
+    /// [the layer order](crate#layer-order)). Such requests share one global key space only with
+    /// [`unscoped_requests_share_keys`](Self::unscoped_requests_share_keys).
     ///
     /// The function sees the request head, including extensions set by an authentication layer
     /// that runs before this one:
@@ -116,6 +123,18 @@ impl<St> IdempotencyLayer<St> {
         F: Fn(&request::Parts) -> Option<String> + Send + Sync + 'static,
     {
         self.with(|c| c.scope = Some(Arc::new(scope)))
+    }
+
+    /// Lets requests for which the [scope](Self::scope) function finds no scope share one
+    /// global key space (`true`), instead of being refused with `403` (`false`, the default).
+    ///
+    /// # Security
+    ///
+    /// Every unscoped request then sees every other unscoped request's stored responses under
+    /// the same key: turn it on only when unscoped requests are truly anonymous and public, never
+    /// to silence a `403` caused by a layer placed before authentication.
+    pub fn unscoped_requests_share_keys(self, share: bool) -> Self {
+        self.with(|c| c.unscoped_share_keys = share)
     }
 
     /// Replaces the default fingerprint with `f` over the request head and its buffered body.

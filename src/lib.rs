@@ -97,7 +97,78 @@
 //!
 //! Keys are global unless you set a [scope](IdempotencyLayer::scope). In an API with more than one
 //! user, a client who sends another user's key would get that user's stored response. **Set a
-//! scope from the authenticated principal or tenant in every multi-user API.**
+//! scope from the authenticated principal or tenant in every multi-user API.** The scope fails
+//! closed: when the scope function finds no scope (an anonymous caller, or a layer placed before
+//! authentication), the request gets a `403` ([`missing-scope`](problem#missing-scope)) and nothing
+//! is claimed. Without a scope function, the first request that carries `Authorization` or
+//! `Cookie` logs a warning.
+//!
+//! # Layer order
+//!
+//! The idempotency layer must run **after** authentication, so that the scope function finds the
+//! user in the request's extensions:
+//!
+//! - axum's `Router::layer` wraps everything added before it, so the *last* `.layer()` runs
+//!   *first*: write `.layer(idempotency).layer(auth)`. (`.layer(auth).layer(idempotency)` puts
+//!   the layer outside authentication, and every request then gets the `403`.)
+//! - `tower::ServiceBuilder` runs its layers top to bottom: write
+//!   `ServiceBuilder::new().layer(auth).layer(idempotency)`.
+//! - Timeouts (`tower::timeout`, `tower_http::timeout`) go outside the layer: a timeout drops the
+//!   response future, and the handler then runs on detached and records its result
+//!   ([`detach`](IdempotencyLayer::detach)), so the client's retry gets the replay.
+//! - Panic catching (`tower_http::catch_panic`) may sit on either side: the layer releases the
+//!   claim of a handler that panics, and a `500` made of the panic is released too.
+//! - Concurrency and rate limits go inside the layer (nearer the handler), so that replays and
+//!   `409`s are answered without taking a permit.
+//! - tonic: interceptors run inside the service, after every tower layer of
+//!   `Server::builder().layer(..)`, so an interceptor cannot feed the scope. Authenticate in a
+//!   tower layer placed before the idempotency layer (it puts the principal into the request's
+//!   extensions), or scope from request metadata that a trusted proxy sets.
+//!
+//! An axum service whose authentication middleware feeds the scope:
+//!
+//! ```
+//! use axum::{Router, body::Body, extract::Request, middleware::{self, Next}, routing::post};
+//! use http::StatusCode;
+//! use tower::ServiceExt;
+//! use tower_idempotency::{IdempotencyLayer, store::MemoryStore};
+//!
+//! #[derive(Clone)]
+//! struct UserId(String);
+//!
+//! /// Puts the caller into the extensions; a real one checks a token.
+//! async fn auth(mut req: Request, next: Next) -> Result<axum::response::Response, StatusCode> {
+//!     let user = req.headers().get("x-user").and_then(|v| v.to_str().ok()).map(String::from);
+//!     let user = user.ok_or(StatusCode::UNAUTHORIZED)?;
+//!     req.extensions_mut().insert(UserId(user));
+//!     Ok(next.run(req).await)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let idempotency = IdempotencyLayer::new(MemoryStore::new())
+//!     .scope(|req| req.extensions.get::<UserId>().map(|u| u.0.clone()));
+//! let app = Router::new()
+//!     .route("/payments", post(|| async { (StatusCode::CREATED, "paid") }))
+//!     .layer(idempotency) // runs second
+//!     .layer(middleware::from_fn(auth)); // runs first
+//!
+//! let pay = |user: &str| {
+//!     Request::post("/payments")
+//!         .header("x-user", user)
+//!         .header("idempotency-key", "pay-1")
+//!         .body(Body::from("{}"))
+//!         .unwrap()
+//! };
+//! let first = app.clone().oneshot(pay("alice")).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::CREATED);
+//! let retry = app.clone().oneshot(pay("alice")).await.unwrap();
+//! assert_eq!(retry.headers()["idempotent-replayed"], "true");
+//! // Another user with the same key is another key: it runs, no replay of Alice's payment.
+//! let other = app.oneshot(pay("mallory")).await.unwrap();
+//! assert!(other.headers().get("idempotent-replayed").is_none());
+//! # }
+//! ```
 //!
 //! # Body types
 //!

@@ -22,6 +22,7 @@
 //! | mismatch | `422` (configurable) | `FAILED_PRECONDITION` |
 //! | response not stored | `409` | `ALREADY_EXISTS` |
 //! | store unavailable | `503` + `Retry-After` | `UNAVAILABLE` + `retry-after` |
+//! | missing scope | `403` | `PERMISSION_DENIED` |
 //!
 //! # Missing key
 //! `400`: the layer is configured to [require](crate::IdempotencyLayer::require_key) a key and
@@ -52,6 +53,13 @@
 //! [the cap](crate::IdempotencyLayer::max_response_body) and was streamed to the first client
 //! without being kept. The operation is done and will not run again; its response cannot be
 //! replayed. No `Retry-After`: retrying cannot change the answer.
+//!
+//! # Missing scope
+//! `403`: the layer has a [scope](crate::IdempotencyLayer::scope) function and it found no scope
+//! in this request: the caller is anonymous, or the layer sits outside the authentication that
+//! would set the scope. Nothing was claimed and nothing ran. Keys are never shared between
+//! unscoped requests unless the layer is told so with
+//! [`unscoped_requests_share_keys`](crate::IdempotencyLayer::unscoped_requests_share_keys).
 //!
 //! # Store unavailable
 //! `503` with `Retry-After`: the store failed or timed out, so the layer cannot tell whether the
@@ -150,6 +158,8 @@ pub enum ProblemKind {
     ResponseNotStored,
     /// The store failed; the layer failed closed.
     StoreUnavailable,
+    /// The layer has a scope function and it found no scope in the request.
+    MissingScope,
 }
 
 impl ProblemKind {
@@ -157,6 +167,7 @@ impl ProblemKind {
     pub(crate) fn outcome(self) -> Outcome {
         match self {
             Self::InProgress => Outcome::Conflict,
+            Self::MissingScope => Outcome::Rejected,
             Self::Mismatch => Outcome::Mismatch,
             Self::ResponseNotStored => Outcome::NotStored,
             Self::StoreUnavailable => Outcome::StoreUnavailable,
@@ -174,6 +185,7 @@ impl ProblemKind {
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::UnreadableBody => "unreadable-body",
             Self::InProgress => "in-progress",
+            Self::MissingScope => "missing-scope",
             Self::Mismatch => "mismatch",
             Self::ResponseNotStored => "response-not-stored",
             Self::StoreUnavailable => "store-unavailable",
@@ -187,6 +199,7 @@ impl ProblemKind {
             Self::BodyTooLarge { .. } => "Request body too large",
             Self::UnreadableBody => "Request body could not be read",
             Self::InProgress => "Request in progress",
+            Self::MissingScope => "Idempotency scope missing",
             Self::Mismatch => "Idempotency key reused for a different request",
             Self::ResponseNotStored => "Response not stored",
             Self::StoreUnavailable => "Idempotency store unavailable",
@@ -257,6 +270,7 @@ impl Problem {
             }
             ProblemKind::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
             ProblemKind::InProgress => (StatusCode::CONFLICT, Some(retry_after)),
+            ProblemKind::MissingScope => (StatusCode::FORBIDDEN, None),
             ProblemKind::Mismatch => (mismatch, None),
             ProblemKind::ResponseNotStored => (StatusCode::CONFLICT, None),
             ProblemKind::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after)),
@@ -286,6 +300,7 @@ impl Problem {
             ProblemKind::MissingKey | ProblemKind::InvalidKey(_) | ProblemKind::UnreadableBody => 3,
             ProblemKind::BodyTooLarge { .. } => 8,
             ProblemKind::InProgress => 10,
+            ProblemKind::MissingScope => 7,
             ProblemKind::Mismatch => 9,
             ProblemKind::ResponseNotStored => 6,
             ProblemKind::StoreUnavailable => 14,
@@ -316,6 +331,10 @@ impl Problem {
                 format!("the request body is larger than {limit} bytes")
             }
             ProblemKind::UnreadableBody => "the request body could not be read".into(),
+            ProblemKind::MissingScope => {
+                "this request carries no scope (no authenticated caller) for its idempotency key"
+                    .into()
+            }
             ProblemKind::InProgress => {
                 "a request with this idempotency key is still being processed; retry later".into()
             }

@@ -184,3 +184,58 @@ fn a_handler_cut_off_by_shutdown_keeps_its_claim_and_records_nothing() {
         assert_eq!(counter.get(), 1);
     });
 }
+
+/// A log sink for one test.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A handler that finishes after its client went away still logs inside the request's span
+/// (the span an outer tracing layer entered when it called the layer).
+#[tokio::test(flavor = "current_thread")]
+async fn a_detached_handler_keeps_the_request_span() {
+    use tracing::Instrument;
+
+    let logs = Logs::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let layer = IdempotencyLayer::new(Arc::new(MemoryStore::new()));
+    let gate = Gate::new();
+    let g = gate.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(move |_req: HandlerReq| {
+            let gate = g.clone();
+            async move {
+                gate.pass().await;
+                tracing::info!("charging the card");
+                let body = Full::new(Bytes::from_static(b"charged"));
+                Ok::<_, Infallible>(Response::builder().status(201).body(body).unwrap())
+            }
+        });
+    let span = tracing::info_span!("request", id = 7);
+    drop_mid_handler(svc.oneshot(post("k", "{}")).instrument(span), &gate).await;
+    gate.open();
+    layer.detached_tasks().drain().await;
+
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("charging the card"))
+        .unwrap_or_else(|| panic!("the handler logged: {text}"));
+    assert!(line.contains("request{id=7}"), "{line}");
+}

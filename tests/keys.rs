@@ -61,7 +61,7 @@ async fn invalid_keys_are_400_and_run_nothing() {
     let mut svc = app(IdempotencyLayer::new(store.clone()), &counter);
 
     let long = vec![b'k'; 256];
-    let cases: [(&str, &[u8], &str); 9] = [
+    let cases: [(&str, &[u8], &str); 12] = [
         ("empty", b"", "empty"),
         ("blank", b"   ", "empty"),
         ("empty sf-string", b"\"\"", "empty"),
@@ -75,6 +75,9 @@ async fn invalid_keys_are_400_and_run_nothing() {
             "structured-field",
         ),
         ("bad escape", br#""a\nb""#, "structured-field"),
+        ("two key lines folded by a proxy", b"k1, k2", "list"),
+        ("a bare list", b"k1,k2", "list"),
+        ("a bare key with parameters", b"k;a=1", "parameters"),
     ];
     for (what, value, detail) in cases {
         let reply = send(&mut svc, with_key(value)).await;
@@ -109,6 +112,19 @@ async fn a_repeated_key_header_is_400() {
     assert_eq!(reply.outcome, Some(Outcome::Rejected));
     assert_eq!(counter.get(), 0);
     assert_eq!(store.total_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_comma_or_semicolon_inside_an_sf_string_is_part_of_the_key() {
+    let counter = Counter::new();
+    let mut svc = app(IdempotencyLayer::new(MemoryStore::new()), &counter);
+
+    let first = send(&mut svc, with_key(b"\"k1, k2;a=1\"")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = send(&mut svc, with_key(b"\"k1, k2;a=1\"")).await;
+    assert_eq!(again.outcome, Some(Outcome::Replayed));
+    assert_eq!(again.body, first.body);
+    assert_eq!(counter.get(), 1);
 }
 
 #[tokio::test]

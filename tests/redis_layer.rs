@@ -318,6 +318,51 @@ async fn paused_during_begin() {
     assert_eq!(runs.of("k"), 1);
 }
 
+/// A client that gives up while Redis is paused and its `begin` waits in the server's queue:
+/// the claim lands when the pause ends, under a token nobody runs. The layer releases it as soon
+/// as the server answers, so the client's retry runs at once instead of getting `409`s for the
+/// whole (here 10 s) lease.
+#[tokio::test]
+async fn a_client_that_gives_up_during_a_paused_begin_leaves_no_claim() {
+    let server = RedisServer::start();
+    let lease = Duration::from_secs(10);
+    let (app, runs) = faulty(
+        &server,
+        |l| l.lease(lease).store_timeout(Duration::from_secs(5)),
+        Duration::ZERO,
+        no_hook(),
+    )
+    .await;
+
+    let pause = Duration::from_millis(1000);
+    let paused = Instant::now();
+    server.pause(pause);
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), send(&app, "k")).await;
+    assert!(gave_up.is_err(), "the client gives up before Redis answers");
+    assert_eq!(runs.of("k"), 0);
+
+    tokio::time::sleep_until((paused + pause + Duration::from_millis(100)).into()).await;
+    let deadline = paused + pause + Duration::from_secs(2);
+    let a = loop {
+        let a = send(&app, "k").await;
+        if a.outcome == Some(Outcome::Executed) {
+            break a;
+        }
+        assert_eq!(a.status, StatusCode::CONFLICT, "{a:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned claim was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(a.status, StatusCode::CREATED);
+    assert_eq!(runs.of("k"), 1);
+    let b = send(&app, "k").await;
+    assert_eq!(b.outcome, Some(Outcome::Replayed));
+    assert_eq!(b.body, a.body);
+    assert_eq!(runs.of("k"), 1);
+}
+
 /// Paused during `complete` (the handler pauses the server just before it answers): the client
 /// still gets the handler's response; the record lands when the pause ends, and retries get it.
 #[tokio::test]

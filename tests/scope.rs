@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{Counter, HandlerReq, app, echo, post, send};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::{Counter, HandlerReq, Probe, app, assert_problem, echo, post, send};
 use http::{Request, StatusCode};
 use tower::ServiceBuilder;
 use tower_idempotency::store::MemoryStore;
@@ -82,7 +85,7 @@ async fn a_different_request_in_another_scope_is_no_mismatch() {
 async fn scope_and_key_are_folded_in_unambiguously() {
     let counter = Counter::new();
     let mut svc = app(
-        tenant_scope(IdempotencyLayer::new(MemoryStore::new())),
+        tenant_scope(IdempotencyLayer::new(MemoryStore::new())).unscoped_requests_share_keys(true),
         &counter,
     );
 
@@ -134,4 +137,152 @@ async fn scope_from_an_extension_set_by_an_outer_layer() {
     assert_eq!(one_again.outcome, Some(Outcome::Replayed));
     assert_eq!(one_again.body, one.body);
     assert_eq!(counter.get(), 2);
+}
+
+/// An "authentication" layer: the user from `x-user`, when there is one, into the extensions.
+fn authenticate<B>(mut req: Request<B>) -> Request<B> {
+    let user = req
+        .headers()
+        .get("x-user")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    if let Some(user) = user {
+        req.extensions_mut().insert(UserId(user));
+    }
+    req
+}
+
+fn user_scope(
+    layer: IdempotencyLayer<std::sync::Arc<Probe<MemoryStore>>>,
+) -> IdempotencyLayer<std::sync::Arc<Probe<MemoryStore>>> {
+    layer.scope(|req| req.extensions.get::<UserId>().map(|u| u.0.to_string()))
+}
+
+fn as_user(
+    user: &str,
+    mut req: Request<http_body_util::Full<bytes::Bytes>>,
+) -> Request<http_body_util::Full<bytes::Bytes>> {
+    req.headers_mut().insert("x-user", user.parse().unwrap());
+    req
+}
+
+#[tokio::test]
+async fn a_layer_outside_authentication_fails_closed() {
+    let store = Probe::new(MemoryStore::new());
+    let counter = Counter::new();
+    let c = counter.clone();
+    // Misordered: the idempotency layer runs first, before authentication sets the user.
+    let mut svc = ServiceBuilder::new()
+        .layer(user_scope(IdempotencyLayer::new(store.clone())))
+        .map_request(authenticate)
+        .service_fn(move |req: HandlerReq| echo(c.clone(), req));
+
+    let one = send(&mut svc, as_user("1", post("pay-1", "{}"))).await;
+    let json = assert_problem(&one, 403, "missing-scope");
+    assert_eq!(json["title"], "Idempotency scope missing");
+    assert_eq!(one.outcome, Some(Outcome::Rejected));
+    // Another user with the same key, and a request with no credentials: refused the same way,
+    // never served the first one's response.
+    let two = send(&mut svc, as_user("2", post("pay-1", "{}"))).await;
+    assert_problem(&two, 403, "missing-scope");
+    let anonymous = send(&mut svc, post("pay-1", "{}")).await;
+    assert_problem(&anonymous, 403, "missing-scope");
+    assert_eq!(counter.get(), 0);
+    assert_eq!(store.total_calls(), 0, "nothing was claimed");
+}
+
+#[tokio::test]
+async fn anonymous_requests_share_keys_only_when_told() {
+    let counter = Counter::new();
+    let c = counter.clone();
+    let mut svc = ServiceBuilder::new()
+        .map_request(authenticate)
+        .layer(
+            user_scope(IdempotencyLayer::new(Probe::new(MemoryStore::new())))
+                .unscoped_requests_share_keys(true),
+        )
+        .service_fn(move |req: HandlerReq| echo(c.clone(), req));
+
+    let anonymous = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(anonymous.outcome, Some(Outcome::Executed));
+    let again = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(again.outcome, Some(Outcome::Replayed));
+    // A user's request with the same key is in the user's own scope.
+    let user = send(&mut svc, as_user("7", post("k", "{}"))).await;
+    assert_eq!(user.outcome, Some(Outcome::Executed));
+    assert_eq!(counter.get(), 2);
+}
+
+#[tokio::test]
+async fn a_missing_scope_is_permission_denied_for_grpc() {
+    let counter = Counter::new();
+    let mut svc = app(
+        user_scope(IdempotencyLayer::new(Probe::new(MemoryStore::new()))),
+        &counter,
+    );
+    let mut req = post("k", "");
+    req.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    let reply = send(&mut svc, req).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("grpc-status"), Some("7"));
+    assert_eq!(counter.get(), 0);
+}
+
+/// A log sink for one test.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn credentials_without_a_scope_warn_once_per_layer() {
+    let logs = Logs::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let counter = Counter::new();
+    let layer = IdempotencyLayer::new(MemoryStore::new());
+    let mut svc = app(layer.clone(), &counter);
+    let with_auth = |key: &str| {
+        let mut req = post(key, "{}");
+        req.headers_mut()
+            .insert("authorization", "Bearer t".parse().unwrap());
+        req
+    };
+    for key in ["a", "b", "c"] {
+        send(&mut svc, with_auth(key)).await;
+    }
+    // A second service of the same layer shares its warning.
+    let mut other = app(layer, &counter);
+    send(&mut other, with_auth("d")).await;
+    assert_eq!(logs.count("has no scope"), 1);
+
+    // A layer with a scope never warns.
+    let mut scoped = app(
+        tenant_scope(IdempotencyLayer::new(MemoryStore::new())),
+        &counter,
+    );
+    send(&mut scoped, as_tenant("t", with_auth("e"))).await;
+    assert_eq!(logs.count("has no scope"), 1);
+    assert_eq!(counter.get(), 5);
 }

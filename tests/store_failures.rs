@@ -324,3 +324,85 @@ async fn a_corrupt_record_never_runs_the_handler() {
         assert_eq!(counter.get(), 0, "fail_open({fail_open})");
     }
 }
+
+/// A client that gives up while its `begin` is in flight (the claim landed, the reply has not
+/// come yet) leaves no claim behind: the layer releases it in the background, so the retry runs
+/// at once instead of getting `409`s for the whole lease.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_gives_up_during_the_claim_leaves_no_claim() {
+    let store = probed();
+    let counter = Counter::new();
+    let mut svc = app(
+        IdempotencyLayer::new(store.clone()).lease(Duration::from_secs(30)),
+        &counter,
+    );
+    store.set(Op::Begin, Fault::LandThenHang);
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), send(&mut svc, post("k", "{}")));
+    assert!(gave_up.await.is_err(), "the begin never answers");
+    assert!(
+        matches!(
+            entry(store.inner(), "k").await,
+            Some(Entry::InProgress { .. })
+        ),
+        "the claim landed"
+    );
+
+    store.clear(Op::Begin);
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(entry(store.inner(), "k").await, None, "released");
+    assert_eq!(store.calls(Op::Release), 1);
+    let retry = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert_eq!(retry.outcome, Some(Outcome::Executed));
+    assert_eq!(counter.get(), 1);
+}
+
+/// While the record is owed (the store hangs on `complete`), the lease is kept alive: renewed
+/// while the first `complete` waits and between the background re-sends. The store answers
+/// again only after the original lease would have run out, and the record still lands: a retry
+/// gets the replay, never a second execution.
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_kept_alive_until_the_record_lands() {
+    let store = probed();
+    let counter = Counter::new();
+    let lease = Duration::from_secs(3);
+    let mut svc = app(
+        IdempotencyLayer::new(store.clone())
+            .lease(lease)
+            .store_timeout(Duration::from_millis(2500)),
+        &counter,
+    );
+    store.set(Op::Complete, Fault::Hang);
+    let started = Instant::now();
+    let first = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(
+        store.calls(Op::Renew) >= 2,
+        "renewed while recording: {}",
+        store.calls(Op::Renew)
+    );
+
+    // Well past the original lease, the key is still claimed by the owner, not free.
+    sleep_until_after(started, lease * 2).await;
+    assert!(matches!(
+        entry(store.inner(), "k").await,
+        Some(Entry::InProgress { .. })
+    ));
+    let meanwhile = send(&mut svc, post("k", "{}")).await;
+    assert_problem(&meanwhile, 409, "in-progress");
+
+    store.clear(Op::Complete);
+    sleep(Duration::from_secs(4)).await;
+    assert!(matches!(
+        entry(store.inner(), "k").await,
+        Some(Entry::Completed(_))
+    ));
+    let retry = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(retry.outcome, Some(Outcome::Replayed));
+    assert_eq!(retry.body, first.body);
+    assert_eq!(counter.get(), 1);
+}
+
+async fn sleep_until_after(start: Instant, d: Duration) {
+    tokio::time::sleep_until(start + d).await;
+}

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::Flow;
 use super::bounded::bounded;
+use super::execution::ClaimInFlight;
 use super::settle::Settle;
 use crate::fingerprint::Fingerprint;
 use crate::problem::ProblemKind;
@@ -40,20 +41,23 @@ impl<St: Store> Flow<St> {
         let deadline = self.config.wait.map(|wait| Instant::now() + wait);
         loop {
             let begin = self.store.begin(key, fingerprint, token, self.config.lease);
-            let found = match self.bounded(begin).await {
-                Ok(found) => found,
+            let in_flight = ClaimInFlight::arm(self, key, token);
+            let begun = match self.bounded(begin).await {
+                Ok(found) => Ok(found),
                 // Rare: boxed, to keep every request's future small.
-                Err(e) => match Box::pin(self.resolve(key, token, e)).await {
-                    Ok(found) => found,
-                    Err(e) => {
-                        if e.kind().is_ambiguous() {
-                            // The claim may have landed unseen: free it rather than leave
-                            // retries a lease of 409s.
-                            self.settle_later(key, token, Settle::Release, true);
-                        }
-                        return self.store_failed(key, e);
+                Err(e) => Box::pin(self.resolve(key, token, e)).await,
+            };
+            in_flight.disarm();
+            let found = match begun {
+                Ok(found) => found,
+                Err(e) => {
+                    if e.kind().is_ambiguous() {
+                        // The claim may have landed unseen: free it rather than leave retries a
+                        // lease of 409s.
+                        self.settle_later(key, token, Settle::Release, true);
                     }
-                },
+                    return self.store_failed(key, e);
+                }
             };
             let theirs = match &found {
                 Begin::New => return Claim::Owner,
@@ -110,7 +114,7 @@ impl<St: Store> Flow<St> {
         if self.config.fail_open && error.kind() != StoreErrorKind::Corrupt {
             return Claim::Unprotected;
         }
-        tracing::warn!(key = %key.key(), error = %error, "idempotency store failed; answering 503");
+        tracing::warn!(key = %key.log_id(), error = %error, "idempotency store failed; answering 503");
         Claim::Problem(ProblemKind::StoreUnavailable)
     }
 }

@@ -4,15 +4,14 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
 
 use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body::Body;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use super::execution::{Answer, Claimed};
+use super::renew::Renewal;
 use super::settle::Settle;
 use crate::body::{Buffered, RequestBody, ResponseBody, buffer};
 use crate::extensions::Outcome;
@@ -108,44 +107,42 @@ impl<St: Store> Owner<St> {
         }
     }
 
-    /// Runs `fut` while renewing the lease every third of it.
+    /// Runs `fut` while renewing the lease.
     async fn renewing<F: Future>(&self, fut: F) -> F::Output {
         let Claimed {
             flow, key, token, ..
         } = &self.claim;
-        let lease = flow.config.lease;
-        let period = (lease / 3).max(Duration::from_millis(1));
-        let renew = async {
-            let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
-            loop {
-                ticks.tick().await;
-                let renew = flow.store.renew(key, *token, lease);
-                if let Err(e) = flow.bounded(renew).await {
-                    tracing::warn!(key = %key.key(), error = %e, "renewing the lease failed");
-                }
-            }
+        let renewal = Renewal {
+            store: &*flow.store,
+            key,
+            token: *token,
+            lease: flow.config.lease,
+            limit: flow.config.store_timeout,
         };
-        tokio::select! {
-            biased;
-            out = fut => out,
-            () = renew => unreachable!("renewal never ends"),
-        }
+        renewal.around(fut).await.0
     }
 
-    /// Records the result. The response goes out whatever happens here.
+    /// Records the result, renewing the lease while the store takes its time. The response goes
+    /// out whatever happens here.
     async fn complete(&mut self, record: &Record) {
         self.claim.disarm();
         let Claimed {
             flow, key, token, ..
         } = &self.claim;
-        match flow.bounded(flow.store.complete(key, *token, record)).await {
+        let stored = flow.bounded(flow.store.complete(key, *token, record));
+        match self.renewing(stored).await {
             Ok(()) => {}
             Err(e) if e.kind().is_ambiguous() => {
-                tracing::warn!(key = %key.key(), error = %e, "recording the response may have failed; re-sending it");
+                tracing::warn!(key = %key.log_id(), error = %e, "recording the response may have failed; re-sending it");
                 flow.settle_later(key, *token, Settle::Complete(record.clone()), true);
             }
             Err(e) => {
-                tracing::error!(key = %key.key(), error = %e, "the store refused the record (the lease was lost?)");
+                tracing::error!(
+                    key = %key.log_id(),
+                    error = %e,
+                    "the store refused the record: another owner claimed the key after this \
+                     lease ran out; a retry may run the request again"
+                );
             }
         }
     }
@@ -156,12 +153,12 @@ impl<St: Store> Owner<St> {
         let Claimed {
             flow, key, token, ..
         } = &self.claim;
-        tracing::debug!(key = %key.key(), why, "releasing the claim");
+        tracing::debug!(key = %key.log_id(), why, "releasing the claim");
         match flow.bounded(flow.store.release(key, *token)).await {
             // Not ours any more: released already, or the lease ran out. Either way it is free.
             Ok(()) => {}
             Err(e) if e.kind().is_ambiguous() => {
-                tracing::warn!(key = %key.key(), error = %e, "releasing the claim may have failed; re-sending it");
+                tracing::warn!(key = %key.log_id(), error = %e, "releasing the claim may have failed; re-sending it");
                 flow.settle_later(key, *token, Settle::Release, true);
             }
             Err(_) => {}

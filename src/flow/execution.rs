@@ -8,7 +8,7 @@
 //! | dropped | what happens |
 //! | --- | --- |
 //! | before the first poll | nothing was sent to the store: nothing to do |
-//! | while claiming | the claim step is dropped |
+//! | while claiming | the claim step is dropped; a `begin` that was sent and not yet answered may have claimed the key, so its [`ClaimInFlight`] releases that claim, owner-checked, in the background |
 //! | while running, detached (the default) | the run moves, as it is, into a task of the layer's [`TaskTracker`] and records its result there |
 //! | while running, attached ([`detach(false)`](crate::IdempotencyLayer::detach)) | the run is cancelled and its [`Claimed`] releases the claim, owner-checked, in the background |
 //! | after the response | nothing |
@@ -22,6 +22,7 @@ use http::Response;
 use http_body::Body;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::{Instrument, Span};
 
 use super::Flow;
 use super::settle::Settle;
@@ -42,8 +43,8 @@ pub(crate) type BoxRun<B, E> = Pin<Box<dyn Run<B, E>>>;
 /// Spawning needs `'static` bounds that a response future's drop cannot name; this trait is
 /// implemented where the run is made, so the boxed run carries the way to detach itself.
 pub(crate) trait Run<B: Body, E>: Future<Output = Answer<B, E>> + Send {
-    /// Runs `self` to its end in a task of `tasks`, its answer dropped.
-    fn detach(self: Pin<Box<Self>>, tasks: &TaskTracker);
+    /// Runs `self` to its end in a task of `tasks`, in `span`, its answer dropped.
+    fn detach(self: Pin<Box<Self>>, tasks: &TaskTracker, span: Span);
 }
 
 impl<T, B, E> Run<B, E> for T
@@ -51,15 +52,13 @@ where
     T: Future<Output = Answer<B, E>> + Send + 'static,
     B: Body,
 {
-    fn detach(self: Pin<Box<Self>>, tasks: &TaskTracker) {
+    fn detach(self: Pin<Box<Self>>, tasks: &TaskTracker, span: Span) {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                tasks.spawn_on(
-                    async move {
-                        let _answer = self.await;
-                    },
-                    &handle,
-                );
+                let run = async move {
+                    let _answer = self.await;
+                };
+                tasks.spawn_on(run.instrument(span), &handle);
             }
             // Nowhere to run it: the claim is left to its lease, as when the runtime shuts down.
             Err(_) => tracing::warn!(
@@ -81,8 +80,8 @@ pub(crate) enum Step<B: Body, E> {
         run: BoxRun<B, E>,
         /// A token of the layer's tracker when a dropped response future detaches the run:
         /// held while the run is polled in place, so that `DetachedTasks` counts and drains it
-        /// like a task. `None` when dropping cancels it.
-        detach: Option<TaskTrackerToken>,
+        /// like a task; and the span the detached run keeps. `None` when dropping cancels it.
+        detach: Option<(TaskTrackerToken, Span)>,
     },
 }
 
@@ -102,7 +101,7 @@ enum Stage<B: Body, E> {
     Claiming(BoxClaim<B, E>),
     Running {
         run: BoxRun<B, E>,
-        detach: Option<TaskTrackerToken>,
+        detach: Option<(TaskTrackerToken, Span)>,
     },
     Finished,
 }
@@ -149,8 +148,8 @@ impl<B: Body, E> Execution<B, E> {
         match std::mem::replace(&mut self.stage, Stage::Finished) {
             Stage::Running {
                 run,
-                detach: Some(token),
-            } => run.detach(token.task_tracker()),
+                detach: Some((token, span)),
+            } => run.detach(token.task_tracker(), span),
             // Dropped: a run's `Claimed` releases its claim.
             Stage::Running { detach: None, .. } | Stage::Claiming(_) | Stage::Finished => {}
         }
@@ -160,6 +159,44 @@ impl<B: Body, E> Execution<B, E> {
 impl<B: Body, E> Drop for Execution<B, E> {
     fn drop(&mut self) {
         self.abandon();
+    }
+}
+
+/// A `begin` by this request's token that was sent and whose answer is not known yet. Dropped
+/// while armed (the client went away, or an outer timeout fired, before the store answered), it
+/// releases the claim the token may hold, owner-checked, in the background: a claim nobody runs
+/// would otherwise hold retries off with `409`s for a whole lease. The release waits a moment
+/// first, so that it reaches the store after the `begin` it cleans up after.
+pub(super) struct ClaimInFlight<'a, St: Store> {
+    flow: &'a Flow<St>,
+    key: &'a StoreKey,
+    token: OwnerToken,
+    armed: bool,
+}
+
+impl<'a, St: Store> ClaimInFlight<'a, St> {
+    /// Armed: about to send a `begin` for `token`.
+    pub(super) fn arm(flow: &'a Flow<St>, key: &'a StoreKey, token: OwnerToken) -> Self {
+        Self {
+            flow,
+            key,
+            token,
+            armed: true,
+        }
+    }
+
+    /// The store answered (or the layer settles the claim itself).
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<St: Store> Drop for ClaimInFlight<'_, St> {
+    fn drop(&mut self) {
+        if self.armed && !std::thread::panicking() {
+            self.flow
+                .settle_later(self.key, self.token, Settle::Release, true);
+        }
     }
 }
 

@@ -10,21 +10,24 @@
 //! | buffer the body and fingerprint the request | `read.rs` |
 //! | claim the key or find who has it; read back ambiguous errors; wait; fail open | `claim.rs` |
 //! | answer a retry with the stored record | `replay.rs` |
-//! | run the inner service, renew the lease, record or release | `execute.rs` |
+//! | run the inner service, record or release | `execute.rs` |
+//! | keep the lease alive while the handler runs and while its record is owed | `renew.rs` |
 //! | re-send a `complete` or `release` whose effect is unknown, in the background | `settle.rs` |
 //! | the timeout of every store call | `bounded.rs` |
 //! | what a dropped response future means: detach, release, or nothing | `execution.rs` |
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use http::{Request, Response};
+use http::{Request, Response, header, request};
 use http_body::Body;
 use tower_service::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Config;
 use crate::extensions::{IdempotencyClaim, Outcome};
+use crate::problem::ProblemKind;
 use crate::store::{OwnerToken, Store, StoreKey};
 
 mod bounded;
@@ -32,6 +35,7 @@ mod claim;
 mod execute;
 mod execution;
 mod read;
+mod renew;
 mod replay;
 mod settle;
 
@@ -46,6 +50,9 @@ pub(crate) struct Flow<St> {
     config: Arc<Config>,
     /// Whether the request is a gRPC call, answered with gRPC statuses.
     grpc: bool,
+    /// The span the request was called in (an outer `TraceLayer`'s, say): work that goes on
+    /// after the response future is gone (a detached handler, background re-sends) keeps it.
+    span: tracing::Span,
 }
 
 impl<St> Clone for Flow<St> {
@@ -54,6 +61,7 @@ impl<St> Clone for Flow<St> {
             store: Arc::clone(&self.store),
             config: Arc::clone(&self.config),
             grpc: self.grpc,
+            span: self.span.clone(),
         }
     }
 }
@@ -64,6 +72,7 @@ impl<St: Store> Flow<St> {
             store: Arc::clone(store),
             config: Arc::clone(config),
             grpc,
+            span: tracing::Span::current(),
         }
     }
 
@@ -87,9 +96,12 @@ impl<St: Store> Flow<St> {
         ResBody::Error: Send,
     {
         let (mut parts, body) = req.into_parts();
-        let scope = self.config.scope.as_ref().and_then(|f| f(&parts));
-        let key = StoreKey::from_owned(scope.as_deref(), key);
+        let scope = self.scope(&parts);
         async move {
+            let key = match scope {
+                Ok(scope) => StoreKey::from_owned(scope.as_deref(), key),
+                Err(kind) => return Step::Done(Ok(self.problem(kind))),
+            };
             let (body, fingerprint) = match self.read(&parts, body).await {
                 Ok(read) => read,
                 Err(kind) => return Step::Done(Ok(self.problem(kind))),
@@ -100,7 +112,7 @@ impl<St: Store> Flow<St> {
                 Claim::Replay(record) => return Step::Done(Ok(self.replay(&key, &record))),
                 Claim::Problem(kind) => return Step::Done(Ok(self.problem(kind))),
                 Claim::Unprotected => {
-                    tracing::warn!(key = %key.key(), "idempotency store failed; running unprotected");
+                    tracing::warn!(key = %key.log_id(), "idempotency store failed; running unprotected");
                     let call = inner.call(Request::from_parts(parts, body));
                     let run = Box::pin(async move {
                         let mut res = call.await?.map(ResponseBody::new);
@@ -114,7 +126,10 @@ impl<St: Store> Flow<St> {
                 .extensions
                 .insert(IdempotencyClaim::new(key.clone(), token));
             let req = Request::from_parts(parts, body);
-            let detach = self.config.detach.then(|| self.config.tasks.token());
+            let detach = self
+                .config
+                .detach
+                .then(|| (self.config.tasks.token(), self.span.clone()));
             let owner = Owner::new(Claimed::new(self, key, token), fingerprint);
             Step::Run {
                 run: Box::pin(owner.execute(inner, req)),
@@ -123,8 +138,31 @@ impl<St: Store> Flow<St> {
         }
     }
 
+    /// The request's scope: `Ok(None)` for global keys; the `missing-scope` problem when a scope
+    /// function finds none and unscoped requests may not share keys.
+    fn scope(&self, parts: &request::Parts) -> Result<Option<String>, ProblemKind> {
+        let config = &self.config;
+        let Some(scope) = &config.scope else {
+            let credentials = parts.headers.contains_key(header::AUTHORIZATION)
+                || parts.headers.contains_key(header::COOKIE);
+            if credentials && !config.warned_unscoped.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "a protected request carries credentials but the idempotency layer has no \
+                     scope: keys are global, so one user's key replays to another; set \
+                     IdempotencyLayer::scope"
+                );
+            }
+            return Ok(None);
+        };
+        match scope(parts) {
+            Some(scope) => Ok(Some(scope)),
+            None if config.unscoped_share_keys => Ok(None),
+            None => Err(ProblemKind::MissingScope),
+        }
+    }
+
     /// A problem as the layer's response.
-    fn problem<B: Body>(&self, kind: crate::problem::ProblemKind) -> Response<ResponseBody<B>> {
+    fn problem<B: Body>(&self, kind: ProblemKind) -> Response<ResponseBody<B>> {
         self.config.problems.respond(kind, self.grpc)
     }
 }

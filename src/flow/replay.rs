@@ -22,7 +22,7 @@ impl<St: Store> Flow<St> {
             Ok(Some(stored)) => stored,
             Ok(None) => return self.problem(ProblemKind::ResponseNotStored),
             Err(e) => {
-                tracing::error!(key = %key.key(), error = %e, "stored record is unreadable");
+                tracing::error!(key = %key.log_id(), error = %e, "stored record is unreadable");
                 return self.problem(ProblemKind::StoreUnavailable);
             }
         };

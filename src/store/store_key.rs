@@ -70,6 +70,12 @@ impl StoreKey {
         &self.digest
     }
 
+    /// What logs name the key by: the first 8 bytes of the digest in hex. Never the client's
+    /// key itself, which may be guessable and is the client's secret.
+    pub(crate) fn log_id(&self) -> String {
+        crate::hex::hex(&self.digest[..8])
+    }
+
     /// The digest in lowercase hex (64 characters).
     pub fn to_hex(&self) -> String {
         crate::hex::hex(&self.digest)

@@ -296,6 +296,8 @@ pub(crate) enum Fault {
     Land(StoreErrorKind),
     /// `begin` only: answers this without calling the inner store.
     Answer(Begin),
+    /// Calls the inner store, then never answers (the write landed, its reply never comes).
+    LandThenHang,
 }
 
 /// A store wrapper that counts calls per operation and injects [`Fault`]s.
@@ -352,6 +354,10 @@ impl<St> Probe<St> {
             Some(Fault::Land(kind)) => {
                 let _ = forward.await;
                 Err(StoreError::new(kind))
+            }
+            Some(Fault::LandThenHang) => {
+                let _ = forward.await;
+                std::future::pending().await
             }
         }
     }

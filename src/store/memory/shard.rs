@@ -149,16 +149,18 @@ impl Shard {
     ) -> Result<(), StoreError> {
         self.sweep(now);
         match self.map.get(&digest) {
-            Some(slot) if slot.is_held_by(token, now) => {}
+            // The owner's claim, or a key that is free: nothing there, or an entry whose lease
+            // or retention ran out. A `complete` delayed past its lease (a store outage shorter
+            // than the lease, a slow record) still lands when nobody claimed the key since, so
+            // the request never runs again.
+            None => {}
+            Some(slot) if slot.until <= now || slot.is_held_by(token, now) => {}
             // Completed by this very owner: a re-sent `complete`. The first record stays.
-            Some(slot)
-                if slot.until > now
-                    && slot.token == token
-                    && matches!(slot.state, State::Completed(_)) =>
-            {
+            Some(slot) if slot.token == token && matches!(slot.state, State::Completed(_)) => {
                 return Ok(());
             }
-            _ => return Err(StoreError::new(StoreErrorKind::NotOwner)),
+            // Another owner's live claim, or another owner's record.
+            Some(_) => return Err(StoreError::new(StoreErrorKind::NotOwner)),
         }
         // Take the claim out (waking its waiters, who queue on this shard's lock and so see the
         // record), then make room for the record and put it in.
