@@ -12,7 +12,7 @@
 //!   pause it was caught in, plus a margin);
 //! - every key got its `201` before the deadline.
 //!
-//! It runs for about 75 s and stops by itself: keys arrive over [`LOAD`], the nemesis acts during
+//! It runs for about 60 s and stops by itself: keys arrive over [`LOAD`], the nemesis acts during
 //! [`LOAD`], and everything stops at [`DEADLINE`]. The seed is printed; `NEMESIS_SEED=<n>` replays
 //! the same choices (the timing of a real server still differs from run to run).
 
@@ -53,7 +53,17 @@ const LOAD: Duration = Duration::from_secs(55);
 const DEADLINE: Duration = Duration::from_secs(80);
 /// Slack for scheduling on a busy machine, added to every bound below.
 const MARGIN: Duration = Duration::from_millis(750);
-/// The longest pause the nemesis may choose, as a fraction of the lease (always less than it).
+/// The longest pause the nemesis may choose, as a fraction of the lease: always less than it, as
+/// SPEC §2.7 promises that "a store outage shorter than the lease never lets a completed request
+/// run again".
+///
+/// Above about two thirds of the lease (renewals come every third; two thirds after a killed
+/// connection lost one), a lease can run out during the pause. Then an owner's queued `complete`
+/// and a retry's `begin` queued on another connection race when the pause ends: Redis serves the
+/// paused connections in the order they were paused, and when the retry's comes first it claims
+/// the free key and runs again, even with a `complete` that lands on a free key. At `0.6` the
+/// test still catches orphaned claims but no longer the re-run after a pause (measured on the code
+/// of December 2026).
 const MAX_PAUSE_OF_LEASE: f64 = 0.95;
 /// The shortest pause, as a fraction of the lease.
 const MIN_PAUSE_OF_LEASE: f64 = 0.3;
@@ -479,6 +489,10 @@ struct Report<'a> {
     longest_pause: Duration,
 }
 
+fn runs_of<'r>(runs: &'r HashMap<String, Vec<Run>>, key: &str) -> &'r [Run] {
+    runs.get(key).map(Vec::as_slice).unwrap_or_default()
+}
+
 /// Whether a request may have left a claim behind that nobody runs: it went away, failed, or was
 /// answered `503` (its `begin` may land later). A `201` or a `409` leaves none.
 fn may_leave_claim(a: &Answer) -> bool {
@@ -798,7 +812,27 @@ impl<'a> Report<'a> {
                     } else {
                         "ran concurrently"
                     };
-                    format!("{k} {what}: {runs:?}")
+                    // A later run that started as a pause ended: its `begin` was queued in the
+                    // pause and served when the lease had run out.
+                    let after_pause: Vec<String> = runs_of(self.runs, k)
+                        .iter()
+                        .skip(1)
+                        .filter_map(|r| {
+                            self.pauses
+                                .iter()
+                                .find(|(_, to)| *to <= r.start && r.start <= *to + MARGIN)
+                                .map(|(from, to)| {
+                                    format!(
+                                        "{:.2}s..{:.2}s",
+                                        (*from - start).as_secs_f64(),
+                                        (*to - start).as_secs_f64()
+                                    )
+                                })
+                        })
+                        .collect();
+                    format!(
+                        "{k} {what}: {runs:?}; later runs right after the pauses {after_pause:?}"
+                    )
                 })
                 .collect();
             failures.push(format!(
