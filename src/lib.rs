@@ -103,6 +103,20 @@
 //! is claimed. Without a scope function, the first request that carries `Authorization` or
 //! `Cookie` logs a warning.
 //!
+//! # What can still run a request twice
+//!
+//! Nothing on the client's side can: a client that gives up, or an outer timeout, at any point
+//! (before the claim, while it is in flight, while the handler runs, after the response). Nor
+//! can a store error whose effect is unknown, or a store outage **shorter than two thirds of the
+//! lease**: the lease is renewed every third of it while the handler runs, while its record is
+//! sent and while the record is re-sent in the background, and the owner's `complete` lands even
+//! after its lease ran out, as long as nobody claimed the key since.
+//!
+//! What can: an owner that stops past its lease (a killed process, or a store unreachable from it
+//! for longer than what is left of the lease), a store that loses what it acknowledged (Redis
+//! without persistence, a failover to a replica that missed the record), a record evicted early
+//! by a full store, and a retry after the record's retention.
+//!
 //! # Layer order
 //!
 //! The idempotency layer must run **after** authentication, so that the scope function finds the
