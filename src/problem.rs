@@ -23,6 +23,7 @@
 //! | response not stored | `409` | `ALREADY_EXISTS` |
 //! | store unavailable | `503` + `Retry-After` | `UNAVAILABLE` + `retry-after` |
 //! | missing scope | `403` | `PERMISSION_DENIED` |
+//! | result expired | `409` | `ALREADY_EXISTS` |
 //!
 //! # Missing key
 //! `400`: the layer is configured to [require](crate::IdempotencyLayer::require_key) a key and
@@ -60,6 +61,13 @@
 //! would set the scope. Nothing was claimed and nothing ran. Keys are never shared between
 //! unscoped requests unless the layer is told so with
 //! [`unscoped_requests_share_keys`](crate::IdempotencyLayer::unscoped_requests_share_keys).
+//!
+//! # Result expired
+//! `409`: the request with this key completed long ago; its response's retention ran out, but
+//! the store still remembers the key (its key retention is longer, see
+//! [`MemoryStoreBuilder::key_ttl`](crate::store::MemoryStoreBuilder::key_ttl)). The operation is
+//! done and will not run again, and its response is gone. No `Retry-After`: retrying cannot
+//! change the answer. Send a new key for a new operation.
 //!
 //! # Store unavailable
 //! `503` with `Retry-After`: the store failed or timed out, so the layer cannot tell whether the
@@ -160,6 +168,8 @@ pub enum ProblemKind {
     StoreUnavailable,
     /// The layer has a scope function and it found no scope in the request.
     MissingScope,
+    /// The key's request completed, and its response's retention ran out.
+    ResultExpired,
 }
 
 impl ProblemKind {
@@ -169,7 +179,7 @@ impl ProblemKind {
             Self::InProgress => Outcome::Conflict,
             Self::MissingScope => Outcome::Rejected,
             Self::Mismatch => Outcome::Mismatch,
-            Self::ResponseNotStored => Outcome::NotStored,
+            Self::ResponseNotStored | Self::ResultExpired => Outcome::NotStored,
             Self::StoreUnavailable => Outcome::StoreUnavailable,
             Self::MissingKey
             | Self::InvalidKey(_)
@@ -186,6 +196,7 @@ impl ProblemKind {
             Self::UnreadableBody => "unreadable-body",
             Self::InProgress => "in-progress",
             Self::MissingScope => "missing-scope",
+            Self::ResultExpired => "result-expired",
             Self::Mismatch => "mismatch",
             Self::ResponseNotStored => "response-not-stored",
             Self::StoreUnavailable => "store-unavailable",
@@ -200,6 +211,7 @@ impl ProblemKind {
             Self::UnreadableBody => "Request body could not be read",
             Self::InProgress => "Request in progress",
             Self::MissingScope => "Idempotency scope missing",
+            Self::ResultExpired => "Result expired",
             Self::Mismatch => "Idempotency key reused for a different request",
             Self::ResponseNotStored => "Response not stored",
             Self::StoreUnavailable => "Idempotency store unavailable",
@@ -271,6 +283,7 @@ impl Problem {
             ProblemKind::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, None),
             ProblemKind::InProgress => (StatusCode::CONFLICT, Some(retry_after)),
             ProblemKind::MissingScope => (StatusCode::FORBIDDEN, None),
+            ProblemKind::ResultExpired => (StatusCode::CONFLICT, None),
             ProblemKind::Mismatch => (mismatch, None),
             ProblemKind::ResponseNotStored => (StatusCode::CONFLICT, None),
             ProblemKind::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, Some(retry_after)),
@@ -301,6 +314,7 @@ impl Problem {
             ProblemKind::BodyTooLarge { .. } => 8,
             ProblemKind::InProgress => 10,
             ProblemKind::MissingScope => 7,
+            ProblemKind::ResultExpired => 6,
             ProblemKind::Mismatch => 9,
             ProblemKind::ResponseNotStored => 6,
             ProblemKind::StoreUnavailable => 14,
@@ -331,6 +345,11 @@ impl Problem {
                 format!("the request body is larger than {limit} bytes")
             }
             ProblemKind::UnreadableBody => "the request body could not be read".into(),
+            ProblemKind::ResultExpired => {
+                "the request with this idempotency key completed, and its stored response has \
+                 expired; it will not run again"
+                    .into()
+            }
             ProblemKind::MissingScope => {
                 "this request carries no scope (no authenticated caller) for its idempotency key"
                     .into()

@@ -12,7 +12,7 @@
 //! | --- | --- |
 //! | 2 | magic `TI` |
 //! | 1 | version, `1` |
-//! | 1 | flags: `1` fingerprint present, `2` response stored, `4` trailers present |
+//! | 1 | flags: `1` fingerprint present, `2` response stored, `4` trailers present, `8` response expired |
 //! | 32 | fingerprint, when flagged |
 //! | 2 | status, when the response is stored |
 //! | … | headers, when stored: count (u16), then per header name length (u16), name, value length (u32), value |
@@ -20,7 +20,9 @@
 //! | … | trailers, when flagged: as headers |
 //!
 //! A record whose response is *not stored* (its body was over the cap and was streamed to the
-//! client) still marks the key completed: retries get a problem, never a second execution.
+//! client) still marks the key completed: retries get a problem, never a second execution. So
+//! does the small record a store keeps after the response's retention ran out, for the rest of
+//! the key's retention ([`Record::response_expired`]): a late retry gets `result-expired`.
 
 use std::fmt;
 
@@ -34,6 +36,7 @@ const VERSION: u8 = 1;
 const HAS_FINGERPRINT: u8 = 1;
 const HAS_RESPONSE: u8 = 2;
 const HAS_TRAILERS: u8 = 4;
+const RESPONSE_EXPIRED: u8 = 8;
 
 /// A completed request's record, in its stored encoding.
 #[derive(Clone, PartialEq, Eq)]
@@ -41,6 +44,7 @@ pub struct Record {
     bytes: Bytes,
     fingerprint: Option<Fingerprint>,
     response: Option<Layout>,
+    expired: bool,
 }
 
 /// Where the parts of a stored response sit in the encoding.
@@ -87,6 +91,20 @@ impl Record {
     /// A record for a response that was completed but is not kept (over the size cap).
     pub fn not_stored(fingerprint: Option<Fingerprint>) -> Self {
         encode(fingerprint, None)
+    }
+
+    /// What a store keeps of a completed key after the response's retention ran out and until
+    /// the key's own retention does: the fingerprint, no response. A retry then gets the
+    /// `result-expired` problem, never a second execution.
+    pub fn response_expired(fingerprint: Option<Fingerprint>) -> Self {
+        let record = encode(fingerprint, None);
+        let mut bytes = record.bytes.to_vec();
+        bytes[3] |= RESPONSE_EXPIRED;
+        Self {
+            bytes: Bytes::from(bytes),
+            expired: true,
+            ..record
+        }
     }
 
     /// A record that keeps `response` whole.
@@ -137,8 +155,12 @@ impl Record {
             return Err(DecodeError("unknown record version"));
         }
         let flags = r.u8()?;
-        if flags & !(HAS_FINGERPRINT | HAS_RESPONSE | HAS_TRAILERS) != 0 {
+        if flags & !(HAS_FINGERPRINT | HAS_RESPONSE | HAS_TRAILERS | RESPONSE_EXPIRED) != 0 {
             return Err(DecodeError("unknown record flags"));
+        }
+        let expired = flags & RESPONSE_EXPIRED != 0;
+        if expired && flags & HAS_RESPONSE != 0 {
+            return Err(DecodeError("an expired response with a response"));
         }
         let fingerprint = if flags & HAS_FINGERPRINT != 0 {
             let fp: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
@@ -178,7 +200,22 @@ impl Record {
             bytes,
             fingerprint,
             response,
+            expired,
         })
+    }
+
+    /// The fingerprint in an encoded record, read from its head alone (no framing checks): for
+    /// stores that keep records as bytes. `None` for bytes that are not a record's head.
+    pub(crate) fn fingerprint_of(bytes: &[u8]) -> Option<Fingerprint> {
+        match bytes {
+            [m0, m1, VERSION, flags, rest @ ..]
+                if [*m0, *m1] == *MAGIC && flags & HAS_FINGERPRINT != 0 =>
+            {
+                let fp: [u8; 32] = rest.get(..32)?.try_into().ok()?;
+                Some(Fingerprint::from_bytes(fp))
+            }
+            _ => None,
+        }
     }
 
     /// The encoding, as stores keep it.
@@ -191,7 +228,13 @@ impl Record {
         self.fingerprint.as_ref()
     }
 
-    /// Whether the response is kept (false for one that was over the cap).
+    /// Whether this is what a store keeps of a completed key after the response's retention ran
+    /// out ([`response_expired`](Self::response_expired)).
+    pub fn is_response_expired(&self) -> bool {
+        self.expired
+    }
+
+    /// Whether the response is kept (false for one that was over the cap, or has expired).
     pub fn is_stored(&self) -> bool {
         self.response.is_some()
     }
@@ -320,6 +363,7 @@ fn encode(fingerprint: Option<Fingerprint>, response: Option<Parts<'_>>) -> Reco
         bytes: Bytes::from(out),
         fingerprint,
         response,
+        expired: false,
     }
 }
 
@@ -477,6 +521,21 @@ mod tests {
         assert!(resp.headers.get("content-type").is_some());
         assert!(resp.trailers.is_none());
         assert_eq!(resp.body, s.body);
+    }
+
+    #[test]
+    fn response_expired_round_trips() {
+        let fp = Fingerprint::sha256("e");
+        for fingerprint in [Some(fp), None] {
+            let record = Record::response_expired(fingerprint);
+            assert!(record.is_response_expired());
+            assert!(!record.is_stored());
+            assert!(matches!(record.response(), Ok(None)));
+            let back = Record::from_bytes(record.as_bytes().clone()).unwrap();
+            assert_eq!(back, record);
+            assert!(back.is_response_expired());
+            assert!(!Record::not_stored(fingerprint).is_response_expired());
+        }
     }
 
     #[test]

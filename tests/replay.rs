@@ -5,7 +5,7 @@ mod common;
 
 use std::convert::Infallible;
 
-use common::{Counter, Frames, HandlerReq, post, send};
+use common::{Counter, Frames, HandlerReq, app, assert_problem, post, send};
 use http::{HeaderMap, HeaderName, Response, StatusCode};
 use tower::{Service, ServiceBuilder};
 use tower_idempotency::store::MemoryStore;
@@ -272,4 +272,35 @@ async fn over_http1_a_replay_carries_its_trailers() {
         "the replay lost its trailers on the wire"
     );
     assert_eq!(executions, 1);
+}
+
+/// A retry after the response's retention, while the store still remembers the key, gets the
+/// `result-expired` problem and never runs again; a different request under the key is still a
+/// mismatch; once the key's own retention ends too, the key is new.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_the_response_expired_gets_result_expired() {
+    let store = MemoryStore::builder()
+        .ttl(std::time::Duration::from_secs(60))
+        .key_ttl(std::time::Duration::from_secs(3600))
+        .build();
+    let counter = Counter::new();
+    let mut svc = app(IdempotencyLayer::new(store), &counter);
+
+    let first = send(&mut svc, post("k", "{\"amount\":1}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    tokio::time::advance(std::time::Duration::from_secs(61)).await;
+
+    let late = send(&mut svc, post("k", "{\"amount\":1}")).await;
+    let json = assert_problem(&late, 409, "result-expired");
+    assert_eq!(json["title"], "Result expired");
+    assert!(!late.headers.contains_key("retry-after"));
+    assert_eq!(late.outcome, Some(Outcome::NotStored));
+    let other = send(&mut svc, post("k", "{\"amount\":2}")).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(counter.get(), 1);
+
+    tokio::time::advance(std::time::Duration::from_secs(3600)).await;
+    let again = send(&mut svc, post("k", "{\"amount\":1}")).await;
+    assert_eq!(again.outcome, Some(Outcome::Executed));
+    assert_eq!(counter.get(), 2);
 }

@@ -7,8 +7,8 @@ use super::{Check, LEASE, fingerprint, fresh_key, sample_record};
 use crate::record::{Record, StoredResponse};
 use crate::store::{Begin, OwnerToken, Store};
 
-/// Records without a fingerprint, and "completed, response not stored" records with and
-/// without one, come back byte for byte.
+/// Records without a fingerprint, "completed, response not stored" records with and without
+/// one, and the small record of a key whose response expired come back byte for byte.
 pub(super) async fn records_round_trip<S: Store>(store: &S) {
     let c = Check::new("records_round_trip", store);
     let fp = fingerprint("a");
@@ -21,6 +21,10 @@ pub(super) async fn records_round_trip<S: Store>(store: &S) {
         (
             "a not-stored record without fingerprint",
             Record::not_stored(None),
+        ),
+        (
+            "a response-expired record",
+            Record::response_expired(Some(fp)),
         ),
     ];
     for (what, record) in records {

@@ -20,6 +20,9 @@ impl<St: Store> Flow<St> {
     ) -> Response<ResponseBody<B>> {
         let stored = match record.response() {
             Ok(Some(stored)) => stored,
+            Ok(None) if record.is_response_expired() => {
+                return self.problem(ProblemKind::ResultExpired);
+            }
             Ok(None) => return self.problem(ProblemKind::ResponseNotStored),
             Err(e) => {
                 tracing::error!(key = %key.log_id(), error = %e, "stored record is unreadable");

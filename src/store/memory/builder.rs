@@ -11,6 +11,8 @@ use super::shard::{Limits, Shard};
 use super::{Inner, MemoryStore, Padded, Tick};
 
 const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a completed key is remembered, its response or not.
+const DEFAULT_KEY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 const DEFAULT_MAX_ENTRIES: usize = 100_000;
 const DEFAULT_MAX_BYTES: usize = 128 * 1024 * 1024;
 const MAX_SHARDS: usize = 1 << 16;
@@ -20,6 +22,7 @@ const MAX_SHARDS: usize = 1 << 16;
 #[must_use]
 pub struct MemoryStoreBuilder {
     ttl: Duration,
+    key_ttl: Duration,
     max_entries: usize,
     max_bytes: usize,
     shards: Option<usize>,
@@ -29,6 +32,7 @@ impl Default for MemoryStoreBuilder {
     fn default() -> Self {
         Self {
             ttl: DEFAULT_TTL,
+            key_ttl: DEFAULT_KEY_TTL,
             max_entries: DEFAULT_MAX_ENTRIES,
             max_bytes: DEFAULT_MAX_BYTES,
             shards: None,
@@ -40,6 +44,21 @@ impl MemoryStoreBuilder {
     /// How long a completed record is kept [24 h].
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self
+    }
+
+    /// How long a completed key is remembered in all [7 days], at least [`ttl`](Self::ttl).
+    ///
+    /// When a response's retention (`ttl`) runs out, the store keeps a small record of the key
+    /// (its fingerprint, no response: [`Record::response_expired`](crate::record::Record::response_expired))
+    /// until `key_ttl` after it was completed. A retry in that time gets the layer's
+    /// [`result-expired`](crate::problem#result-expired) problem instead of running again, and
+    /// a different request under the key still gets the mismatch. Each remembered key costs
+    /// [`MemoryStore::ENTRY_OVERHEAD`] plus about 40 bytes and counts against both bounds; when
+    /// room is needed, remembered keys go before stored responses (oldest first). Set it equal to
+    /// `ttl` to forget keys together with their responses.
+    pub fn key_ttl(mut self, key_ttl: Duration) -> Self {
+        self.key_ttl = key_ttl;
         self
     }
 
@@ -92,6 +111,8 @@ impl MemoryStoreBuilder {
                         Padded(Mutex::new(Shard {
                             map: HashMap::with_hasher(map_state.clone()),
                             order: VecDeque::new(),
+                            remembered: VecDeque::new(),
+                            remember: self.key_ttl.saturating_sub(self.ttl),
                             bytes: 0,
                             earliest_lease: Tick::NEVER,
                         }))

@@ -1,5 +1,11 @@
-//! What a shard drops, and when: expired records as time passes, and, when an entry needs room,
-//! expired claims and then the oldest records. Claims whose lease runs are never dropped.
+//! What a shard drops, and when: as time passes, a record whose response retention ran out
+//! becomes a remembered key (its fingerprint only) until its key retention runs out too; when an
+//! entry needs room, expired claims go first, then the oldest remembered keys, then the oldest
+//! records. Claims whose lease runs are never dropped.
+
+use bytes::Bytes;
+
+use crate::record::Record;
 
 use super::Tick;
 use super::hasher::Digest;
@@ -26,9 +32,42 @@ impl Shard {
             }
             self.order.pop_front();
             if self.is_current(&digest, until) {
+                self.expire_response(digest, until);
+            }
+        }
+        while let Some(&(digest, until)) = self.remembered.front() {
+            if until > now {
+                break;
+            }
+            self.remembered.pop_front();
+            if self.is_current(&digest, until) {
                 self.remove(&digest);
             }
         }
+    }
+
+    /// The response of the record under `digest` (current until `until`) expired: keep the key
+    /// as a fingerprint-only record for the rest of its retention, or drop it.
+    fn expire_response(&mut self, digest: Digest, until: Tick) {
+        if self.remember.is_zero() {
+            self.remove(&digest);
+            return;
+        }
+        let Some(slot) = self.map.get_mut(&digest) else {
+            return;
+        };
+        let State::Completed(bytes) = &slot.state else {
+            return;
+        };
+        let small: Bytes = Record::response_expired(Record::fingerprint_of(bytes))
+            .as_bytes()
+            .clone();
+        let old = slot.cost();
+        slot.state = State::Completed(small);
+        slot.until = until.after(self.remember);
+        let (new, remembered_until) = (slot.cost(), slot.until);
+        self.bytes = self.bytes - old + new;
+        self.remembered.push_back((digest, remembered_until));
     }
 
     /// Frees room for one more entry that costs `bytes`, by dropping expired claims and then
@@ -40,6 +79,14 @@ impl Shard {
         }
         if self.reap_expired_claims(now) && fits(self) {
             return true;
+        }
+        while let Some((digest, until)) = self.remembered.pop_front() {
+            if self.is_current(&digest, until) {
+                self.remove(&digest);
+                if fits(self) {
+                    return true;
+                }
+            }
         }
         while let Some((digest, until)) = self.order.pop_front() {
             if self.is_current(&digest, until) {
@@ -85,6 +132,8 @@ mod tests {
 
     use tokio::time::advance;
 
+    use crate::fingerprint::Fingerprint;
+    use crate::record::Record;
     use crate::store::memory::tests::{LEASE, key, record};
     use crate::store::memory::{MemoryStore, MemoryStoreBuilder};
     use crate::store::{Begin, Entry, OwnerToken, Store, StoreError, StoreErrorKind, StoreKey};
@@ -100,7 +149,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn expired_records_are_swept_on_writes() {
-        let store = one_shard().ttl(Duration::from_secs(1)).build();
+        let store = one_shard()
+            .ttl(Duration::from_secs(1))
+            .key_ttl(Duration::from_secs(1))
+            .build();
         for i in 0..10 {
             let (k, t) = (key(&format!("sweep-{i}")), OwnerToken::generate());
             store.begin(&k, None, t, LEASE).await.unwrap();
@@ -245,6 +297,7 @@ mod tests {
         let store = one_shard()
             .max_entries(2)
             .ttl(Duration::from_secs(10))
+            .key_ttl(Duration::from_secs(10))
             .build();
         let (k0, k1, k2) = (key("again-0"), key("again-1"), key("again-2"));
         let finish = |k: StoreKey| {
@@ -266,5 +319,71 @@ mod tests {
         assert_eq!(store.get(&k1).await.unwrap(), None);
         assert!(store.get(&k0).await.unwrap().is_some());
         assert!(store.get(&k2).await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_is_remembered_after_its_response_expired() {
+        let store = one_shard()
+            .ttl(Duration::from_secs(60))
+            .key_ttl(Duration::from_secs(180))
+            .build();
+        let (k, a) = (key("remembered"), OwnerToken::generate());
+        let fp = Fingerprint::sha256("request");
+        store.begin(&k, Some(&fp), a, LEASE).await.unwrap();
+        store
+            .complete(&k, a, &record(Some(fp), b"response"))
+            .await
+            .unwrap();
+        advance(Duration::from_secs(60)).await;
+        // The response is gone; the key and its fingerprint are not.
+        let small = Record::response_expired(Some(fp));
+        assert_eq!(
+            store.get(&k).await.unwrap(),
+            Some(Entry::Completed(small.clone()))
+        );
+        let b = OwnerToken::generate();
+        assert_eq!(
+            store.begin(&k, Some(&fp), b, LEASE).await.unwrap(),
+            Begin::Completed(small.clone())
+        );
+        assert_eq!(
+            store.usage(),
+            (1, MemoryStore::ENTRY_OVERHEAD + small.as_bytes().len())
+        );
+        // Another token cannot complete over it; the key's owner re-sending can.
+        assert!(store.complete(&k, b, &record(None, b"x")).await.is_err());
+        // At the end of the key retention the key is free again.
+        advance(Duration::from_secs(120)).await;
+        assert_eq!(store.get(&k).await.unwrap(), None);
+        assert_eq!(store.usage(), (0, 0));
+        assert_eq!(store.begin(&k, None, b, LEASE).await.unwrap(), Begin::New);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remembered_keys_go_before_stored_responses() {
+        let store = one_shard()
+            .max_entries(2)
+            .ttl(Duration::from_secs(10))
+            .key_ttl(Duration::from_secs(1000))
+            .build();
+        let finish = |k: StoreKey| {
+            let store = store.clone();
+            async move {
+                let t = OwnerToken::generate();
+                assert_eq!(store.begin(&k, None, t, LEASE).await.unwrap(), Begin::New);
+                store.complete(&k, t, &record(None, b"r")).await.unwrap();
+            }
+        };
+        let (old, live, next) = (key("old"), key("live"), key("next"));
+        finish(old.clone()).await;
+        advance(Duration::from_secs(10)).await;
+        finish(live.clone()).await;
+        // `old` is remembered (its response expired), `live` holds a response: `old` goes.
+        finish(next.clone()).await;
+        assert_eq!(store.get(&old).await.unwrap(), None);
+        assert!(matches!(
+            store.get(&live).await.unwrap(),
+            Some(Entry::Completed(r)) if r.is_stored()
+        ));
     }
 }

@@ -65,7 +65,7 @@ impl<T> Found<T> {
 }
 
 impl Slot {
-    fn cost(&self) -> usize {
+    pub(super) fn cost(&self) -> usize {
         MemoryStore::ENTRY_OVERHEAD
             + match &self.state {
                 State::Claimed(_) => 0,
@@ -84,6 +84,12 @@ pub(super) struct Shard {
     /// Completed records in the order they were stored, which is the order they expire in.
     /// An item whose key has since been dropped or re-completed (its `until` differs) is skipped.
     pub(super) order: VecDeque<(Digest, Tick)>,
+    /// Keys whose response expired and that are remembered (a fingerprint-only record) until
+    /// their key retention ends, in the order they expire in; stale items are skipped likewise.
+    pub(super) remembered: VecDeque<(Digest, Tick)>,
+    /// How long a key is remembered after its response expired: the key retention less the
+    /// response retention (zero: forgotten with its response).
+    pub(super) remember: Duration,
     /// What the entries are charged, see `Slot::cost`.
     pub(super) bytes: usize,
     /// No claim's lease ends before this, so expired claims are looked for only from then on.
@@ -192,6 +198,7 @@ impl Shard {
     }
 
     pub(super) fn get(&mut self, now: Tick, digest: Digest) -> Option<Found<Entry>> {
+        self.sweep(now);
         let slot = self.map.get(&digest)?;
         if slot.until <= now {
             self.remove(&digest);
@@ -288,7 +295,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn records_expire_after_the_ttl() {
-        let store = MemoryStore::builder().ttl(Duration::from_secs(60)).build();
+        let store = MemoryStore::builder()
+            .ttl(Duration::from_secs(60))
+            .key_ttl(Duration::from_secs(60))
+            .build();
         let k = key("ttl");
         let a = OwnerToken::generate();
         store.begin(&k, None, a, LEASE).await.unwrap();
