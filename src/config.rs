@@ -10,6 +10,7 @@ use http::{HeaderName, Method, request};
 use tokio_util::task::TaskTracker;
 
 use crate::fingerprint::Fingerprint;
+use crate::flow::coalesce::Inflight;
 use crate::policy;
 use crate::problem::Problems;
 
@@ -53,6 +54,10 @@ pub(crate) struct Config {
     pub(crate) skipped_headers: Vec<HeaderName>,
     pub(crate) problems: Problems,
     pub(crate) tasks: TaskTracker,
+    /// Whether duplicates are coalesced in process; `None`: when the store is remote.
+    pub(crate) coalesce: Option<bool>,
+    /// The keys this layer's services are claiming or running, for coalescing.
+    pub(crate) inflight: Arc<Inflight>,
 }
 
 impl Default for Config {
@@ -77,6 +82,8 @@ impl Default for Config {
             skipped_headers: policy::default_skipped_headers(),
             problems: Problems::default(),
             tasks: TaskTracker::new(),
+            coalesce: None,
+            inflight: Arc::default(),
         }
     }
 }
@@ -106,6 +113,7 @@ impl fmt::Debug for Config {
             .field("replayed_header", &self.replayed_header)
             .field("skipped_headers", &self.skipped_headers)
             .field("problems", &self.problems)
+            .field("coalesce", &self.coalesce)
             .finish()
     }
 }

@@ -203,6 +203,19 @@ impl<St> IdempotencyLayer<St> {
         self.with(|c| c.detach = detach)
     }
 
+    /// Whether duplicates of a key that this layer is already claiming or running are answered
+    /// in process (`true`) instead of each asking the store (`false`) [on for stores whose calls
+    /// cross the network, [`Store::is_remote`](crate::store::Store::is_remote); off for the
+    /// memory store, where a store call is as cheap as the bookkeeping].
+    ///
+    /// Concurrent requests for one key then share one `begin` (concurrent replays cost one round
+    /// trip); while this instance runs the key, duplicates get `409` or the mismatch at once, or,
+    /// with [`wait_for_in_flight`](Self::wait_for_in_flight), the record the moment it is
+    /// recorded, without polling the store. Across instances, the store still decides.
+    pub fn coalesce(self, coalesce: bool) -> Self {
+        self.with(|c| c.coalesce = Some(coalesce))
+    }
+
     /// Whether a store failure lets the request run unprotected (`true`, with a warning logged)
     /// instead of answering `503` (`false`, the default).
     pub fn fail_open(self, fail_open: bool) -> Self {

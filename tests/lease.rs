@@ -62,7 +62,11 @@ async fn a_handler_longer_than_the_lease_keeps_its_key() {
 
 #[tokio::test(start_paused = true)]
 async fn a_record_expires_with_the_store_ttl() {
-    let store = MemoryStore::builder().ttl(Duration::from_secs(60)).build();
+    // A store that forgets keys with their responses (see `key_ttl` for remembering them).
+    let store = MemoryStore::builder()
+        .ttl(Duration::from_secs(60))
+        .key_ttl(Duration::from_secs(60))
+        .build();
     let counter = Counter::new();
     let mut svc = app(IdempotencyLayer::new(store), &counter);
 

@@ -87,7 +87,13 @@ async fn boxed_memory_store_behaves_like_memory_store() {
 
 #[tokio::test(start_paused = true)]
 async fn boxed_store_keeps_leases_ttl_and_waiting() {
-    let store = BoxStore::new(MemoryStore::builder().ttl(Duration::from_secs(30)).build());
+    // A store that forgets keys with their responses (see `key_ttl` for remembering them).
+    let store = BoxStore::new(
+        MemoryStore::builder()
+            .ttl(Duration::from_secs(30))
+            .key_ttl(Duration::from_secs(30))
+            .build(),
+    );
     let (counter, gate) = (Counter::new(), Gate::new());
     let layer = IdempotencyLayer::new(store)
         .lease(Duration::from_secs(3))

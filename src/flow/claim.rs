@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::Flow;
 use super::bounded::bounded;
+use super::coalesce::{Followed, Joined, Lead, Local, follow};
 use super::execution::ClaimInFlight;
 use super::settle::Settle;
 use crate::fingerprint::Fingerprint;
@@ -20,8 +21,8 @@ use crate::store::{
 
 /// Where the claim left the request.
 pub(super) enum Claim {
-    /// This request owns the key.
-    Owner,
+    /// This request owns the key; it leads the key's requests on this instance when coalescing.
+    Owner(Option<Lead>),
     /// An earlier execution's record, to replay.
     Replay(Record),
     /// Answered with a problem, without running.
@@ -40,6 +41,17 @@ impl<St: Store> Flow<St> {
     ) -> Claim {
         let deadline = self.config.wait.map(|wait| Instant::now() + wait);
         loop {
+            let lead = match self.coalescing().map(|inflight| inflight.join(key)) {
+                None => None,
+                Some(Joined::Lead(lead)) => Some(lead),
+                // Rare: boxed, to keep every request's future small.
+                Some(Joined::Follow(news)) => {
+                    match Box::pin(follow(news, fingerprint, deadline)).await {
+                        Followed::Answer(claim) => return claim,
+                        Followed::Retry => continue,
+                    }
+                }
+            };
             let begin = self.store.begin(key, fingerprint, token, self.config.lease);
             let in_flight = ClaimInFlight::arm(self, key, token);
             let begun = match self.bounded(begin).await {
@@ -59,11 +71,20 @@ impl<St: Store> Flow<St> {
                     return self.store_failed(key, e);
                 }
             };
+            if let Some(lead) = &lead {
+                lead.publish(match &found {
+                    Begin::New => Local::Running(fingerprint.copied()),
+                    Begin::Completed(record) => Local::Completed(record.clone()),
+                    Begin::InProgress { fingerprint } => Local::Elsewhere(*fingerprint),
+                });
+            }
             let theirs = match &found {
-                Begin::New => return Claim::Owner,
+                Begin::New => return Claim::Owner(lead),
                 Begin::Completed(record) => record.fingerprint(),
                 Begin::InProgress { fingerprint } => fingerprint.as_ref(),
             };
+            // Followers that wait do so through the store, as this request does.
+            drop(lead);
             if !same_request(theirs, fingerprint) {
                 return Claim::Problem(ProblemKind::Mismatch);
             }
@@ -110,6 +131,15 @@ impl<St: Store> Flow<St> {
         }
     }
 
+    /// The layer's in-flight keys, when duplicates are coalesced in process.
+    fn coalescing(&self) -> Option<&std::sync::Arc<super::coalesce::Inflight>> {
+        let on = self
+            .config
+            .coalesce
+            .unwrap_or_else(|| self.store.is_remote());
+        on.then_some(&self.config.inflight)
+    }
+
     fn store_failed(&self, key: &StoreKey, error: StoreError) -> Claim {
         if self.config.fail_open && error.kind() != StoreErrorKind::Corrupt {
             return Claim::Unprotected;
@@ -120,7 +150,7 @@ impl<St: Store> Flow<St> {
 }
 
 /// Whether two fingerprints allow a replay: equal, or one side has none.
-fn same_request(stored: Option<&Fingerprint>, ours: Option<&Fingerprint>) -> bool {
+pub(super) fn same_request(stored: Option<&Fingerprint>, ours: Option<&Fingerprint>) -> bool {
     match (stored, ours) {
         (Some(a), Some(b)) => a == b,
         _ => true,

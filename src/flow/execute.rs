@@ -10,6 +10,7 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::coalesce::{Lead, Local};
 use super::execution::{Answer, Claimed};
 use super::renew::Renewal;
 use super::settle::Settle;
@@ -24,11 +25,22 @@ use crate::store::Store;
 pub(super) struct Owner<St: Store> {
     claim: Claimed<St>,
     fingerprint: Option<Fingerprint>,
+    /// This request's lead of its key on this instance, when coalescing: the record goes to
+    /// the duplicates that wait here; dropped (a release, a cut-off run), they ask the store.
+    local: Option<Lead>,
 }
 
 impl<St: Store> Owner<St> {
-    pub(super) fn new(claim: Claimed<St>, fingerprint: Option<Fingerprint>) -> Self {
-        Self { claim, fingerprint }
+    pub(super) fn new(
+        claim: Claimed<St>,
+        fingerprint: Option<Fingerprint>,
+        local: Option<Lead>,
+    ) -> Self {
+        Self {
+            claim,
+            fingerprint,
+            local,
+        }
     }
 
     // Not an `async fn`, for the reason given at `Flow::run`.
@@ -126,6 +138,7 @@ impl<St: Store> Owner<St> {
     /// out whatever happens here.
     async fn complete(&mut self, record: &Record) {
         self.claim.disarm();
+        let local = self.local.take();
         let Claimed {
             flow, key, token, ..
         } = &self.claim;
@@ -145,11 +158,16 @@ impl<St: Store> Owner<St> {
                 );
             }
         }
+        // The duplicates that wait on this instance get what this execution answered.
+        if let Some(local) = local {
+            local.publish(Local::Completed(record.clone()));
+        }
     }
 
     /// Releases the claim, so that a retry runs again.
     async fn release(&mut self, why: &'static str) {
         self.claim.disarm();
+        self.local = None;
         let Claimed {
             flow, key, token, ..
         } = &self.claim;

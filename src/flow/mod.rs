@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | buffer the body and fingerprint the request | `read.rs` |
 //! | claim the key or find who has it; read back ambiguous errors; wait; fail open | `claim.rs` |
+//! | share one claim and one run among the duplicates of a key on this instance | `coalesce.rs` |
 //! | answer a retry with the stored record | `replay.rs` |
 //! | run the inner service, record or release | `execute.rs` |
 //! | keep the lease alive while the handler runs and while its record is owed | `renew.rs` |
@@ -32,6 +33,7 @@ use crate::store::{OwnerToken, Store, StoreKey};
 
 mod bounded;
 mod claim;
+pub(crate) mod coalesce;
 mod execute;
 mod execution;
 mod read;
@@ -107,8 +109,8 @@ impl<St: Store> Flow<St> {
                 Err(kind) => return Step::Done(Ok(self.problem(kind))),
             };
             let token = OwnerToken::generate();
-            match self.claim(&key, fingerprint.as_ref(), token).await {
-                Claim::Owner => {}
+            let lead = match self.claim(&key, fingerprint.as_ref(), token).await {
+                Claim::Owner(lead) => lead,
                 Claim::Replay(record) => return Step::Done(Ok(self.replay(&key, &record))),
                 Claim::Problem(kind) => return Step::Done(Ok(self.problem(kind))),
                 Claim::Unprotected => {
@@ -121,7 +123,7 @@ impl<St: Store> Flow<St> {
                     });
                     return Step::Run { run, detach: None };
                 }
-            }
+            };
             parts
                 .extensions
                 .insert(IdempotencyClaim::new(key.clone(), token));
@@ -130,7 +132,7 @@ impl<St: Store> Flow<St> {
                 .config
                 .detach
                 .then(|| (self.config.tasks.token(), self.span.clone()));
-            let owner = Owner::new(Claimed::new(self, key, token), fingerprint);
+            let owner = Owner::new(Claimed::new(self, key, token), fingerprint, lead);
             Step::Run {
                 run: Box::pin(owner.execute(inner, req)),
                 detach,

@@ -62,6 +62,10 @@ impl<T: Store + ?Sized> Store for Arc<T> {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).wait(key, timeout)
     }
+
+    fn is_remote(&self) -> bool {
+        (**self).is_remote()
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -98,6 +102,7 @@ trait DynStore: Send + Sync + 'static {
         key: &'a StoreKey,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn is_remote(&self) -> bool;
 }
 
 impl<T: Store> DynStore for T {
@@ -142,6 +147,9 @@ impl<T: Store> DynStore for T {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(Store::wait(self, key, timeout))
+    }
+    fn is_remote(&self) -> bool {
+        Store::is_remote(self)
     }
 }
 
@@ -217,6 +225,10 @@ impl Store for BoxStore {
 
     async fn wait(&self, key: &StoreKey, timeout: Duration) -> Result<(), StoreError> {
         self.inner.wait(key, timeout).await
+    }
+
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
     }
 }
 

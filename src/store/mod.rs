@@ -151,6 +151,14 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Whether this store's calls cross the network (a server, a database) rather than stay in
+    /// this process. The layer then coalesces duplicates in process by default
+    /// ([`IdempotencyLayer::coalesce`](crate::IdempotencyLayer::coalesce)). The default is
+    /// `false`.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
     /// Waits, at most `timeout`, until the claim on `key` may have ended (completed, released or
     /// expired). Returning early is allowed: the caller looks again with [`begin`](Store::begin).
     ///

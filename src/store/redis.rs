@@ -439,6 +439,11 @@ impl<C> Store for RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
+    /// Redis is a server: the layer coalesces duplicates in process.
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     async fn begin(
         &self,
         key: &StoreKey,
