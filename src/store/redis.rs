@@ -29,12 +29,14 @@ const NEEDS_REDIS_7: &str = "RedisStore needs Redis 7.0 or newer (`SET â€¦ NX â€
 const MAX_PX: u64 = 1 << 46;
 
 /// `complete`. KEYS[1] the record; ARGV[1] token, ARGV[2] record, ARGV[3] retention ms.
-/// Returns 1 when the record is stored (now or by an earlier call of the same token), else 0.
+/// Stores the record when the token holds the claim or the key is free (its claim expired and
+/// nobody claimed it since). Returns 1 when the record is stored (now or by an earlier call of
+/// the same token), else 0.
 static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local head = redis.call('GETRANGE', KEYS[1], 0, 17)
-if head == '\1\1' .. ARGV[1] then
+if head == '\1\1' .. ARGV[1] or head == '' then
   redis.call('SET', KEYS[1], '\1\2' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
   return 1
 end
