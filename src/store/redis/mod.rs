@@ -1,76 +1,31 @@
 //! The Redis store; everything about it is documented on [`RedisStore`].
+//!
+//! One file per concern: the store and its builder here, the value layout in `layout.rs`, the
+//! owner-checked Lua scripts in `scripts.rs`, waiting in `wait.rs`, `check_config` in
+//! `config.rs`, and the mapping of the driver's errors in `errors.rs`.
 
-use std::collections::HashMap;
+mod config;
+mod errors;
+mod layout;
+mod scripts;
+mod wait;
+
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use ::redis::Value;
 use ::redis::aio::ConnectionLike;
-use ::redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use bytes::Bytes;
 
+pub use self::config::ConfigReport;
+use self::errors::{map_begin_error, map_error, unexpected_reply};
+use self::layout::{CLAIMED, HEADER_LEN, VERSION, decode, millis};
+use self::scripts::{COMPLETE, RELEASE, RENEW};
 use super::{
     Begin, DEFAULT_POLL_INTERVAL, Entry, Fingerprint, OwnerToken, Record, Store, StoreError,
-    StoreErrorKind, StoreKey,
+    StoreKey,
 };
-
-/// Layout version, first byte of every value.
-const VERSION: u8 = 1;
-/// State byte of a claim.
-const CLAIMED: u8 = 1;
-/// State byte of a completed record.
-const COMPLETED: u8 = 2;
-/// Version, state and token.
-const HEADER_LEN: usize = 18;
-/// What a server older than Redis 7.0 is told, by `check_config` and by a refused `begin`.
-const NEEDS_REDIS_7: &str = "RedisStore needs Redis 7.0 or newer (`SET … NX … GET`)";
-/// The longest `PX` the store sends (about 2 200 years); Redis rejects expiry times that
-/// overflow when added to its clock.
-const MAX_PX: u64 = 1 << 46;
-
-/// `complete`. KEYS[1] the record; ARGV[1] token, ARGV[2] record, ARGV[3] retention ms.
-/// Returns 1 when the record is stored (now or by an earlier call of the same token), else 0.
-static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local head = redis.call('GETRANGE', KEYS[1], 0, 17)
-if head == '\1\1' .. ARGV[1] then
-  redis.call('SET', KEYS[1], '\1\2' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-if head == '\1\2' .. ARGV[1] then
-  return 1
-end
-return 0
-",
-    )
-});
-
-/// `release`. KEYS[1] the record; ARGV[1] token. Returns 1 when the claim was dropped, else 0.
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GETRANGE', KEYS[1], 0, 17) == '\1\1' .. ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-",
-    )
-});
-
-/// `renew`. KEYS[1] the record; ARGV[1] token, ARGV[2] lease ms. Returns 1 when renewed, else 0.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GETRANGE', KEYS[1], 0, 17) == '\1\1' .. ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-",
-    )
-});
 
 /// A [`Store`] in Redis or Redis Cluster, generic over the connection type: claims and records
 /// shared by many app instances.
@@ -329,112 +284,6 @@ impl<C> fmt::Debug for RedisStore<C> {
             .finish()
     }
 }
-
-impl<C> RedisStore<C>
-where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
-{
-    /// Reads the server's eviction settings and warns (with [`tracing::warn!`]) when they may
-    /// evict this store's keys.
-    ///
-    /// Every key of this store has a TTL, so with a `maxmemory` limit any policy but
-    /// `noeviction` may evict claims and records, `volatile-*` included (they only spare keys
-    /// *without* a TTL). An evicted claim lets a duplicate run while the first request still
-    /// runs; an evicted record lets a retry run again. Under `noeviction` a full server refuses
-    /// writes instead, and the layer answers `503`.
-    ///
-    /// Servers where `CONFIG` is disabled or renamed (managed offerings often do this) answer
-    /// with an error; then the report is unknown, a warning says so, and the call still succeeds.
-    /// On a cluster the command goes to one node: keep the nodes configured alike.
-    ///
-    /// It also reads the server's version (`INFO server`): the store needs Redis 7.0 or newer,
-    /// and on an older server the call fails with [`StoreErrorKind::Other`] saying so.
-    ///
-    /// Call it once at startup; it is not on any request's path. Fails only when the server
-    /// cannot be reached or is too old.
-    pub async fn check_config(&self) -> Result<ConfigReport, StoreError> {
-        let mut connection = self.connection.clone();
-        let info: Result<String, RedisError> = ::redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut connection)
-            .await;
-        let redis_version = match info {
-            Ok(info) => server_version(&info),
-            Err(e) if is_transport_error(&e) => return Err(map_error(e)),
-            Err(_) => None,
-        };
-        if let Some(version) = &redis_version {
-            let major = version
-                .split('.')
-                .next()
-                .and_then(|m| m.parse::<u32>().ok());
-            if major.is_some_and(|major| major < 7) {
-                let why = format!("{NEEDS_REDIS_7}; the server is {version}");
-                return Err(StoreError::with_source(StoreErrorKind::Other, why));
-            }
-        }
-        let reply: Result<HashMap<String, String>, RedisError> = ::redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory*")
-            .query_async(&mut connection)
-            .await;
-        let report = match reply {
-            Ok(config) => ConfigReport {
-                maxmemory: config.get("maxmemory").and_then(|v| v.parse().ok()),
-                maxmemory_policy: config.get("maxmemory-policy").cloned(),
-                redis_version,
-            },
-            Err(e) if is_transport_error(&e) => return Err(map_error(e)),
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    "could not read the Redis eviction settings (CONFIG GET is not allowed); \
-                     make sure `maxmemory-policy` is `noeviction`, or that `maxmemory` is 0, or \
-                     idempotency claims and records may be evicted"
-                );
-                return Ok(ConfigReport {
-                    maxmemory: None,
-                    maxmemory_policy: None,
-                    redis_version,
-                });
-            }
-        };
-        if report.may_evict() == Some(true) {
-            tracing::warn!(
-                maxmemory = report.maxmemory,
-                maxmemory_policy = report.maxmemory_policy.as_deref(),
-                "Redis may evict idempotency claims and records (they all have a TTL) when \
-                 memory runs out, and then run a request twice; set `maxmemory-policy noeviction`"
-            );
-        }
-        Ok(report)
-    }
-
-    async fn owner_checked(
-        &self,
-        script: &Script,
-        key: &StoreKey,
-        token: OwnerToken,
-        args: &[&[u8]],
-    ) -> Result<(), StoreError> {
-        let mut invocation = script.key(self.redis_key(key));
-        invocation.arg(&token.to_bytes()[..]);
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        let mut connection = self.connection.clone();
-        let reply: Value = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(map_error)?;
-        match reply {
-            Value::Int(1) => Ok(()),
-            Value::Int(0) => Err(StoreError::new(StoreErrorKind::NotOwner)),
-            other => Err(unexpected_reply(&other)),
-        }
-    }
-}
-
 impl<C> Store for RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -527,145 +376,10 @@ where
             .await
     }
 
-    /// Polls with `GET` until the key is no longer claimed, or `timeout` has passed.
+    /// Waits until the key is no longer claimed, or `timeout` has passed (see [`wait`](self::wait)).
     async fn wait(&self, key: &StoreKey, timeout: Duration) -> Result<(), StoreError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(());
-            }
-            tokio::time::sleep(self.poll_interval.min(deadline - now)).await;
-            if !matches!(self.get(key).await?, Some(Entry::InProgress { .. })) {
-                return Ok(());
-            }
-        }
+        self.poll(key, timeout).await
     }
-}
-
-/// What [`RedisStore::check_config`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ConfigReport {
-    /// `maxmemory` in bytes (`0`: no limit); `None` when it could not be read.
-    pub maxmemory: Option<u64>,
-    /// `maxmemory-policy`; `None` when it could not be read.
-    pub maxmemory_policy: Option<String>,
-    /// The server's `redis_version` from `INFO server`; `None` when it could not be read.
-    pub redis_version: Option<String>,
-}
-
-impl ConfigReport {
-    /// Whether the server may evict this store's keys: `Some(false)` without a memory limit or
-    /// under `noeviction`, `Some(true)` under any other policy, `None` when unknown.
-    pub fn may_evict(&self) -> Option<bool> {
-        if self.maxmemory == Some(0) || self.maxmemory_policy.as_deref() == Some("noeviction") {
-            return Some(false);
-        }
-        self.maxmemory_policy.as_ref().map(|_| true)
-    }
-}
-
-/// The `redis_version` field of an `INFO server` reply.
-fn server_version(info: &str) -> Option<String> {
-    info.lines()
-        .find_map(|line| line.strip_prefix("redis_version:"))
-        .map(|v| v.trim().to_owned())
-}
-
-/// Milliseconds for `PX`/`PEXPIRE`: rounded up (a lease is never shorter than asked), at least 1.
-fn millis(d: Duration) -> u64 {
-    let ms = d.as_nanos().div_ceil(1_000_000);
-    u64::try_from(ms).unwrap_or(u64::MAX).clamp(1, MAX_PX)
-}
-
-/// Decodes a stored value (see the layout in the docs of [`RedisStore`]).
-fn decode(value: Bytes) -> Result<Entry, StoreError> {
-    if value.len() < HEADER_LEN {
-        return Err(corrupt("shorter than its header"));
-    }
-    if value[0] != VERSION {
-        return Err(corrupt("unknown layout version"));
-    }
-    let token = OwnerToken::from_bytes(value[2..HEADER_LEN].try_into().expect("16 bytes"));
-    match value[1] {
-        CLAIMED => {
-            let fingerprint = match &value[HEADER_LEN..] {
-                [] => None,
-                fp => Some(Fingerprint::from_bytes(
-                    fp.try_into()
-                        .map_err(|_| corrupt("bad fingerprint length"))?,
-                )),
-            };
-            Ok(Entry::InProgress { fingerprint, token })
-        }
-        COMPLETED => Ok(Entry::Completed(Record::from_bytes(
-            value.slice(HEADER_LEN..),
-        )?)),
-        _ => Err(corrupt("unknown state")),
-    }
-}
-
-/// Why a stored value could not be decoded.
-#[derive(Debug)]
-struct LayoutError(&'static str);
-
-impl fmt::Display for LayoutError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid redis store value: {}", self.0)
-    }
-}
-
-impl std::error::Error for LayoutError {}
-
-fn corrupt(what: &'static str) -> StoreError {
-    StoreError::with_source(StoreErrorKind::Corrupt, LayoutError(what))
-}
-
-fn unexpected_reply(reply: &Value) -> StoreError {
-    StoreError::with_source(
-        StoreErrorKind::Other,
-        format!("unexpected reply from redis: {reply:?}"),
-    )
-}
-
-/// Errors that say the command may not have reached the server, or its reply did not come back.
-fn is_transport_error(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_cluster_error()
-        || matches!(
-            e.kind(),
-            ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Server(
-                    ServerErrorKind::BusyLoading
-                        | ServerErrorKind::MasterDown
-                        | ServerErrorKind::ReadOnly
-                )
-        )
-}
-
-fn map_error(e: RedisError) -> StoreError {
-    let kind = if e.is_timeout() {
-        StoreErrorKind::Timeout
-    } else if is_transport_error(&e) {
-        StoreErrorKind::Unavailable
-    } else {
-        StoreErrorKind::Other
-    };
-    StoreError::with_source(kind, e)
-}
-
-/// `begin`'s errors. A server older than Redis 7.0 refuses `NX` together with `GET` with a bare
-/// "syntax error"; that error is made to say what it means.
-fn map_begin_error(e: RedisError) -> StoreError {
-    let old_server = e.code() == Some("ERR") && e.detail().is_some_and(|d| d.contains("syntax"));
-    if old_server {
-        let why = format!("{NEEDS_REDIS_7}; the server answered: {e}");
-        return StoreError::with_source(StoreErrorKind::Other, why);
-    }
-    map_error(e)
 }
 
 // The store works over the three connection types its docs name.
@@ -680,113 +394,6 @@ const _: fn() = || {
 mod tests {
     use super::*;
 
-    fn claim(token: OwnerToken, fp: Option<&Fingerprint>) -> Bytes {
-        let mut v = vec![VERSION, CLAIMED];
-        v.extend_from_slice(&token.to_bytes());
-        if let Some(fp) = fp {
-            v.extend_from_slice(fp.as_bytes());
-        }
-        Bytes::from(v)
-    }
-
-    /// The error a server answers with, as the driver hands it to the store.
-    fn server_error(reply: &[u8]) -> RedisError {
-        ::redis::parse_redis_value(reply)
-            .and_then(Value::extract_error)
-            .expect_err("an error reply")
-    }
-
-    /// What the store's error says through its source, where the cause is.
-    fn cause(e: &StoreError) -> String {
-        std::error::Error::source(e)
-            .map(ToString::to_string)
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn an_old_servers_refusal_of_begin_names_the_version() {
-        // What Redis 6.2 answers to `SET k v NX PX 1 GET`.
-        let e = map_begin_error(server_error(b"-ERR syntax error\r\n"));
-        assert_eq!(e.kind(), StoreErrorKind::Other);
-        assert!(cause(&e).contains("needs Redis 7.0"), "{}", cause(&e));
-        // Other errors keep their own meaning.
-        let e = map_begin_error(server_error(b"-LOADING Redis is loading\r\n"));
-        assert_eq!(e.kind(), StoreErrorKind::Unavailable);
-        let e = map_begin_error(server_error(b"-WRONGTYPE Operation against a key\r\n"));
-        assert_eq!(e.kind(), StoreErrorKind::Other);
-        assert!(!cause(&e).contains("needs Redis 7.0"), "{}", cause(&e));
-    }
-
-    #[test]
-    fn reads_the_server_version() {
-        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
-        assert_eq!(server_version(info).as_deref(), Some("7.0.15"));
-        assert_eq!(
-            server_version("# Server\r\nredis_mode:standalone\r\n"),
-            None
-        );
-    }
-
-    #[test]
-    fn decodes_claims() {
-        let token = OwnerToken::generate();
-        let fp = Fingerprint::sha256(b"request");
-        assert_eq!(
-            decode(claim(token, Some(&fp))).unwrap(),
-            Entry::InProgress {
-                fingerprint: Some(fp),
-                token
-            }
-        );
-        assert_eq!(
-            decode(claim(token, None)).unwrap(),
-            Entry::InProgress {
-                fingerprint: None,
-                token
-            }
-        );
-    }
-
-    #[test]
-    fn decodes_records() {
-        let token = OwnerToken::generate();
-        let record = Record::not_stored(Some(Fingerprint::sha256(b"r")));
-        let mut v = vec![VERSION, COMPLETED];
-        v.extend_from_slice(&token.to_bytes());
-        v.extend_from_slice(record.as_bytes());
-        assert_eq!(decode(Bytes::from(v)).unwrap(), Entry::Completed(record));
-    }
-
-    #[test]
-    fn rejects_foreign_values() {
-        let token = OwnerToken::generate();
-        let bad = |v: &[u8]| decode(Bytes::copy_from_slice(v)).unwrap_err().kind();
-        assert_eq!(bad(b""), StoreErrorKind::Corrupt);
-        assert_eq!(
-            bad(b"some other application's value"),
-            StoreErrorKind::Corrupt
-        );
-        let mut v = claim(token, None).to_vec();
-        v[1] = 9;
-        assert_eq!(bad(&v), StoreErrorKind::Corrupt);
-        let mut v = claim(token, None).to_vec();
-        v.push(0);
-        assert_eq!(bad(&v), StoreErrorKind::Corrupt);
-        let mut v = claim(token, None).to_vec();
-        v[1] = COMPLETED;
-        v.extend_from_slice(b"not a record");
-        assert_eq!(bad(&v), StoreErrorKind::Corrupt);
-    }
-
-    #[test]
-    fn millis_rounds_up_and_clamps() {
-        assert_eq!(millis(Duration::ZERO), 1);
-        assert_eq!(millis(Duration::from_micros(1)), 1);
-        assert_eq!(millis(Duration::from_micros(1500)), 2);
-        assert_eq!(millis(Duration::from_secs(30)), 30_000);
-        assert_eq!(millis(Duration::MAX), MAX_PX);
-    }
-
     #[test]
     fn keys_share_one_hash_tag() {
         let store = RedisStore::new((), Duration::from_secs(1)).with_prefix("t:");
@@ -798,25 +405,5 @@ mod tests {
     #[should_panic(expected = "prefix")]
     fn prefix_cannot_move_the_hash_tag() {
         let _ = RedisStore::new((), Duration::from_secs(1)).with_prefix("app{x}:");
-    }
-
-    #[test]
-    fn config_report() {
-        let report = |maxmemory, policy: Option<&str>| ConfigReport {
-            maxmemory,
-            maxmemory_policy: policy.map(String::from),
-            redis_version: None,
-        };
-        assert_eq!(report(Some(1), Some("noeviction")).may_evict(), Some(false));
-        assert_eq!(
-            report(Some(0), Some("allkeys-lru")).may_evict(),
-            Some(false)
-        );
-        assert_eq!(
-            report(Some(1), Some("volatile-lru")).may_evict(),
-            Some(true)
-        );
-        assert_eq!(report(Some(1), Some("allkeys-lfu")).may_evict(), Some(true));
-        assert_eq!(report(None, None).may_evict(), None);
     }
 }
