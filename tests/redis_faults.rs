@@ -1,7 +1,7 @@
 //! `RedisStore` under faults, on private servers: paused servers, killed connections, restarts,
 //! flushed scripts, expired leases, and how many commands each operation costs.
 
-mod support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use tower_idempotency::store::{
     Begin, Entry, OwnerToken, Record, RedisStore, Store, StoreError, StoreErrorKind, StoreKey,
 };
 
-use support::redis::{RedisCluster, RedisServer};
+use common::redis::{RedisCluster, RedisServer};
 
 const TTL: Duration = Duration::from_secs(3600);
 const LEASE: Duration = Duration::from_secs(30);
