@@ -22,6 +22,7 @@ pub use self::config::ConfigReport;
 use self::errors::{map_begin_error, map_error, unexpected_reply};
 use self::layout::{CLAIMED, HEADER_LEN, VERSION, decode, millis};
 use self::scripts::{COMPLETE, RELEASE, RENEW};
+pub use self::wait::RedisPushWaits;
 use super::{
     Begin, DEFAULT_POLL_INTERVAL, Entry, Fingerprint, OwnerToken, Record, Store, StoreError,
     StoreKey,
@@ -125,12 +126,19 @@ use super::{
 ///
 /// # Waiting
 ///
-/// [`Store::wait`] polls with `GET` every [poll interval](RedisStore::with_poll_interval)
-/// (default [`DEFAULT_POLL_INTERVAL`]) until the claim has ended or the timeout has passed. It
-/// does not use pub/sub: subscribing through the connection types above needs RESP3 and a push
-/// sender configured when the user builds the connection, and sharded pub/sub on a cluster needs
-/// a subscription on the node that owns the slot. Polling works the same on all three, survives
-/// reconnects without losing a notification, and costs one `GET` per waiter and interval.
+/// A duplicate that waits for its owner ([`wait_for_in_flight`]) is told by the server when the
+/// claim ends, or polls for it, depending on how the store is built:
+///
+/// | set up | how waits learn that the claim ended |
+/// | --- | --- |
+/// | [`with_push_waits`](RedisStore::with_push_waits) with [`RedisPushWaits`] (RESP3, single node or cluster) | the server's `invalidate` push when the key is completed, released or expires; no polling |
+/// | without it (any connection, RESP2 or RESP3) | `GET` every [poll interval](RedisStore::with_poll_interval) (default [`DEFAULT_POLL_INTERVAL`]) |
+///
+/// The push needs a connection of its own, made with a push sender, which is why it is not
+/// read from the store's command connection: see [`RedisPushWaits`] for how it works and why
+/// it is client-side tracking rather than pub/sub.
+///
+/// [`wait_for_in_flight`]: crate::IdempotencyLayer::wait_for_in_flight
 ///
 /// # Timeouts
 ///
@@ -189,6 +197,7 @@ pub struct RedisStore<C> {
     prefix: Arc<str>,
     ttl: Duration,
     poll_interval: Duration,
+    push_waits: Option<RedisPushWaits>,
 }
 
 impl<C> RedisStore<C> {
@@ -211,6 +220,7 @@ impl<C> RedisStore<C> {
             prefix: Arc::from(Self::DEFAULT_PREFIX),
             ttl,
             poll_interval: DEFAULT_POLL_INTERVAL,
+            push_waits: None,
         }
     }
 
@@ -232,7 +242,8 @@ impl<C> RedisStore<C> {
         self
     }
 
-    /// How often [`Store::wait`] looks at a claimed key (default [`DEFAULT_POLL_INTERVAL`]).
+    /// How often [`Store::wait`] looks at a claimed key (default [`DEFAULT_POLL_INTERVAL`]) when
+    /// no [`RedisPushWaits`] is set.
     /// Shorter intervals answer waiting duplicates sooner and cost one `GET` per waiter each.
     ///
     /// # Panics
@@ -244,6 +255,15 @@ impl<C> RedisStore<C> {
             "RedisStore: the poll interval must not be zero"
         );
         self.poll_interval = interval;
+        self
+    }
+
+    /// Wakes duplicates that wait for their owner ([`Store::wait`]) by the server's push when the
+    /// key is completed, released or expires, instead of polling with `GET`; see
+    /// [`RedisPushWaits`] (RESP3 only). Without it the store polls every
+    /// [poll interval](Self::with_poll_interval).
+    pub fn with_push_waits(mut self, waits: RedisPushWaits) -> Self {
+        self.push_waits = Some(waits);
         self
     }
 
@@ -281,6 +301,7 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
             .field("poll_interval", &self.poll_interval)
+            .field("push_waits", &self.push_waits)
             .finish()
     }
 }
@@ -376,9 +397,10 @@ where
             .await
     }
 
-    /// Waits until the key is no longer claimed, or `timeout` has passed (see [`wait`](self::wait)).
+    /// Waits until the key is no longer claimed, or `timeout` has passed: woken by the server
+    /// with [`RedisPushWaits`], polling with `GET` otherwise.
     async fn wait(&self, key: &StoreKey, timeout: Duration) -> Result<(), StoreError> {
-        self.poll(key, timeout).await
+        self.wait_for(key, timeout).await
     }
 }
 
