@@ -13,7 +13,8 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
 use tower_idempotency::record::StoredResponse;
 use tower_idempotency::store::{
-    Begin, Entry, OwnerToken, Record, RedisStore, Store, StoreError, StoreErrorKind, StoreKey,
+    Begin, Entry, Fingerprint, OwnerToken, Record, RedisStore, Store, StoreError, StoreErrorKind,
+    StoreKey,
 };
 
 use common::redis::{RedisCluster, RedisServer};
@@ -448,6 +449,9 @@ async fn one_command_per_operation() {
         sent: Arc::default(),
     };
     let store = RedisStore::new(connection.clone(), TTL);
+    // Valkey 8.1 and Redis 8.4 have `SET … IFEQ`: then `complete` is that command.
+    let fenced = store.check_config().await.unwrap().fenced_complete;
+    assert_eq!(fenced, common::redis::server_binary().contains("valkey"));
     let mut admin = server.admin();
     let key = StoreKey::new(None, "counted");
     let owner = OwnerToken::generate();
@@ -506,8 +510,13 @@ async fn one_command_per_operation() {
         store.complete(&key, owner, &rec).await.unwrap()
     })
     .await;
-    assert_eq!(sent, ["evalsha"]);
-    assert_eq!(ran, stats(&[("evalsha", 1), ("getrange", 1), ("set", 1)]));
+    if fenced {
+        assert_eq!(sent, ["set"]);
+        assert_eq!(ran, stats(&[("set", 1)]));
+    } else {
+        assert_eq!(sent, ["evalsha"]);
+        assert_eq!(ran, stats(&[("evalsha", 1), ("getrange", 1), ("set", 1)]));
+    }
 
     // A replay: the record comes back with the begin, in one round trip.
     let (sent, ran) = measure(&connection, &mut admin, async {
@@ -540,8 +549,61 @@ async fn one_command_per_operation() {
         assert_eq!(e.kind(), StoreErrorKind::NotOwner);
     })
     .await;
-    assert_eq!(sent, ["evalsha"]);
-    assert_eq!(ran, stats(&[("evalsha", 1), ("getrange", 1)]));
+    if fenced {
+        // `IFEQ` did not match: nothing written, the reply was the record found.
+        assert_eq!(sent, ["set"]);
+        assert_eq!(ran, stats(&[("set", 1)]));
+        assert_eq!(
+            store.get(&key).await.unwrap(),
+            Some(Entry::Completed(rec.clone()))
+        );
+    } else {
+        assert_eq!(sent, ["evalsha"]);
+        assert_eq!(ran, stats(&[("evalsha", 1), ("getrange", 1)]));
+    }
+
+    // A claim made with a fingerprint that the record does not carry: the fenced `complete`
+    // finds this token's claim and sends the command once more against it.
+    let fp = Fingerprint::sha256(b"claimed with");
+    let other_fp = StoreKey::new(None, "counted-fingerprint");
+    store
+        .begin(&other_fp, Some(&fp), owner, LEASE)
+        .await
+        .unwrap();
+    let (sent, _) = measure(&connection, &mut admin, async {
+        store.complete(&other_fp, owner, &rec).await.unwrap()
+    })
+    .await;
+    assert_eq!(
+        sent,
+        if fenced {
+            vec!["set", "set"]
+        } else {
+            vec!["evalsha"]
+        }
+    );
+    assert_eq!(
+        store.get(&other_fp).await.unwrap(),
+        Some(Entry::Completed(rec.clone()))
+    );
+    // Re-sent after a lost reply: still done, the record unchanged.
+    store.complete(&other_fp, owner, &rec).await.unwrap();
+
+    // Turned off, `complete` is the script on every server.
+    let scripted = RedisStore::new(connection.clone(), TTL).with_fenced_commands(false);
+    let off = StoreKey::new(None, "counted-scripted");
+    scripted.begin(&off, None, owner, LEASE).await.unwrap();
+    let (sent, _) = measure(&connection, &mut admin, async {
+        scripted.complete(&off, owner, &rec).await.unwrap()
+    })
+    .await;
+    // (Where the fenced store never loaded the script, it is loaded now.)
+    let loaded = if fenced {
+        &["evalsha", "script", "evalsha"][..]
+    } else {
+        &["evalsha"][..]
+    };
+    assert_eq!(sent, loaded);
 }
 
 /// On a cluster, a dead primary takes only its own slots down: keys on the other primaries keep

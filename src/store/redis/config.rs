@@ -7,6 +7,7 @@ use ::redis::aio::ConnectionLike;
 
 use super::RedisStore;
 use super::errors::{NEEDS_REDIS_7, is_transport_error, map_error};
+use super::fenced::Commands;
 use crate::store::{StoreError, StoreErrorKind};
 
 impl<C> RedisStore<C>
@@ -27,7 +28,10 @@ where
     /// On a cluster the command goes to one node: keep the nodes configured alike.
     ///
     /// It also reads the server's version (`INFO server`): the store needs Redis 7.0 or newer,
-    /// and on an older server the call fails with [`StoreErrorKind::Other`] saying so.
+    /// and on an older server the call fails with [`StoreErrorKind::Other`] saying so. The same
+    /// reply tells whether `complete` can be the fenced `SET … IFEQ`
+    /// ([`ConfigReport::fenced_complete`]); without this call the store asks on its first
+    /// `complete`.
     ///
     /// Call it once at startup; it is not on any request's path. Fails only when the server
     /// cannot be reached or is too old.
@@ -37,10 +41,13 @@ where
             .arg("server")
             .query_async(&mut connection)
             .await;
-        let redis_version = match info {
-            Ok(info) => server_version(&info),
+        let (redis_version, fenced_complete) = match info {
+            Ok(info) => (
+                server_version(&info),
+                self.commands().await == Commands::SetIfEq,
+            ),
             Err(e) if is_transport_error(&e) => return Err(map_error(e)),
-            Err(_) => None,
+            Err(_) => (None, false),
         };
         if let Some(version) = &redis_version {
             let major = version
@@ -62,6 +69,7 @@ where
                 maxmemory: config.get("maxmemory").and_then(|v| v.parse().ok()),
                 maxmemory_policy: config.get("maxmemory-policy").cloned(),
                 redis_version,
+                fenced_complete,
             },
             Err(e) if is_transport_error(&e) => return Err(map_error(e)),
             Err(e) => {
@@ -75,6 +83,7 @@ where
                     maxmemory: None,
                     maxmemory_policy: None,
                     redis_version,
+                    fenced_complete,
                 });
             }
         };
@@ -100,6 +109,9 @@ pub struct ConfigReport {
     pub maxmemory_policy: Option<String>,
     /// The server's `redis_version` from `INFO server`; `None` when it could not be read.
     pub redis_version: Option<String>,
+    /// Whether `complete` is sent as the fenced `SET … IFEQ` (Valkey 8.1+, Redis 8.4+, unless
+    /// [turned off](RedisStore::with_fenced_commands)); otherwise it is the Lua script.
+    pub fenced_complete: bool,
 }
 
 impl ConfigReport {
@@ -140,6 +152,7 @@ mod tests {
             maxmemory,
             maxmemory_policy: policy.map(String::from),
             redis_version: None,
+            fenced_complete: false,
         };
         assert_eq!(report(Some(1), Some("noeviction")).may_evict(), Some(false));
         assert_eq!(

@@ -20,6 +20,33 @@ pub(super) const HEADER_LEN: usize = 18;
 /// overflow when added to its clock.
 pub(super) const MAX_PX: u64 = 1 << 46;
 
+/// A claim's value: version, state, token and, when the claim has one, the fingerprint.
+pub(super) struct Claim {
+    bytes: [u8; HEADER_LEN + 32],
+    len: usize,
+}
+
+impl Claim {
+    pub(super) fn new(token: OwnerToken, fingerprint: Option<&Fingerprint>) -> Self {
+        let mut bytes = [0; HEADER_LEN + 32];
+        bytes[0] = VERSION;
+        bytes[1] = CLAIMED;
+        bytes[2..HEADER_LEN].copy_from_slice(&token.to_bytes());
+        let len = match fingerprint {
+            Some(fp) => {
+                bytes[HEADER_LEN..].copy_from_slice(fp.as_bytes());
+                bytes.len()
+            }
+            None => HEADER_LEN,
+        };
+        Self { bytes, len }
+    }
+
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// Milliseconds for `PX`/`PEXPIRE`: rounded up (a lease is never shorter than asked), at least 1.
 pub(super) fn millis(d: Duration) -> u64 {
     let ms = d.as_nanos().div_ceil(1_000_000);

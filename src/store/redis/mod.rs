@@ -6,6 +6,7 @@
 
 mod config;
 mod errors;
+mod fenced;
 mod layout;
 mod scripts;
 mod wait;
@@ -20,8 +21,9 @@ use bytes::Bytes;
 
 pub use self::config::ConfigReport;
 use self::errors::{map_begin_error, map_error, unexpected_reply};
-use self::layout::{CLAIMED, HEADER_LEN, VERSION, decode, millis};
-use self::scripts::{COMPLETE, RELEASE, RENEW};
+use self::fenced::Commands;
+use self::layout::{Claim, decode, millis};
+use self::scripts::{RELEASE, RENEW};
 pub use self::wait::RedisPushWaits;
 use super::{
     Begin, DEFAULT_POLL_INTERVAL, Entry, Fingerprint, OwnerToken, Record, Store, StoreError,
@@ -107,7 +109,8 @@ use super::{
 /// | operation | command | what runs on the server |
 /// | --- | --- | --- |
 /// | `begin` | `SET <claim> NX PX <lease> GET` | writes the claim where the key is free; answers with the value it found otherwise |
-/// | `complete` | `EVALSHA` | `GETRANGE 0 17` (owner check); `SET … PX <ttl>` |
+/// | `complete` on Valkey ≥ 8.1, Redis ≥ 8.4 | `SET <record> IFEQ <claim> PX <ttl> GET` | writes only over this token's claim (a fenced compare-and-set); answers with the value it found |
+/// | `complete` on Redis 7.x | `EVALSHA` | `GETRANGE 0 17` (owner check); `SET … PX <ttl>` |
 /// | `release` | `EVALSHA` | `GETRANGE 0 17`; `DEL` |
 /// | `renew` | `EVALSHA` | `GETRANGE 0 17`; `PEXPIRE` |
 /// | `get` | `GET` | |
@@ -118,6 +121,17 @@ use super::{
 /// ([`Script`]); after `SCRIPT FLUSH` or a restart, the first call gets `NOSCRIPT`, loads the
 /// script and runs it again (three round trips, once per script and node). Owner checks compare
 /// the stored token inside the script, so they are atomic.
+///
+/// Where the server has `SET … IFEQ` (found once per store, from `INFO server`, by
+/// [`check_config`](RedisStore::check_config) or the first `complete`), `complete` is that one
+/// plain command, which the server runs several times cheaper than a script; turn it off with
+/// [`with_fenced_commands(false)`](RedisStore::with_fenced_commands). `IFEQ` compares whole
+/// values, and a claim holds the request's fingerprint: at `complete` the store knows it (the
+/// record carries the fingerprint it was claimed with; if the claim holds another, the command is
+/// sent once more against that claim). `renew` and `release` get only the token, so they stay
+/// scripts on every server, including the conditional deletes of Valkey 9 (`DELIFEQ`) and Redis
+/// 8.4 (`DELEX … IFEQ`), which compare whole values too. They are off the hot path: `renew`
+/// runs every third of the lease of a slow handler, `release` after a failed one.
 ///
 /// `begin` by a token that already holds the claim answers [`Begin::New`] again, and `complete`
 /// by the token that already completed the key succeeds: a command re-sent after a lost reply is
@@ -198,6 +212,10 @@ pub struct RedisStore<C> {
     ttl: Duration,
     poll_interval: Duration,
     push_waits: Option<RedisPushWaits>,
+    /// Whether `complete` may be a fenced command where the server has one.
+    fenced: bool,
+    /// How `complete` is sent, once the server was asked (shared by clones).
+    commands: Arc<tokio::sync::OnceCell<Commands>>,
 }
 
 impl<C> RedisStore<C> {
@@ -221,6 +239,8 @@ impl<C> RedisStore<C> {
             ttl,
             poll_interval: DEFAULT_POLL_INTERVAL,
             push_waits: None,
+            fenced: true,
+            commands: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
 
@@ -267,6 +287,14 @@ impl<C> RedisStore<C> {
         self
     }
 
+    /// Whether `complete` is sent as the server's fenced `SET … IFEQ` where it has one (Valkey
+    /// 8.1+, Redis 8.4+; detected once, default `true`), or always as the Lua script, e.g.
+    /// behind a proxy that does not know `IFEQ`. See *Commands* above.
+    pub fn with_fenced_commands(mut self, enabled: bool) -> Self {
+        self.fenced = enabled;
+        self
+    }
+
     /// How long completed records are kept.
     pub fn ttl(&self) -> Duration {
         self.ttl
@@ -302,6 +330,8 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("ttl", &self.ttl)
             .field("poll_interval", &self.poll_interval)
             .field("push_waits", &self.push_waits)
+            .field("fenced", &self.fenced)
+            .field("commands", &self.commands.get())
             .finish()
     }
 }
@@ -318,21 +348,11 @@ where
     ) -> Result<Begin, StoreError> {
         // The claim's value; `SET … NX … GET` writes it only where the key is free, and
         // answers with what the key held otherwise: claim or replay in one plain command.
-        let mut claim = [0; HEADER_LEN + 32];
-        claim[0] = VERSION;
-        claim[1] = CLAIMED;
-        claim[2..HEADER_LEN].copy_from_slice(&token.to_bytes());
-        let len = match fingerprint {
-            Some(fp) => {
-                claim[HEADER_LEN..].copy_from_slice(fp.as_bytes());
-                claim.len()
-            }
-            None => HEADER_LEN,
-        };
+        let claim = Claim::new(token, fingerprint);
         let mut connection = self.connection.clone();
         let reply: Value = ::redis::cmd("SET")
             .arg(self.redis_key(key))
-            .arg(&claim[..len])
+            .arg(claim.as_bytes())
             .arg("NX")
             .arg("PX")
             .arg(millis(lease))
@@ -358,14 +378,7 @@ where
         token: OwnerToken,
         record: &Record,
     ) -> Result<(), StoreError> {
-        let ttl = millis(self.ttl).to_string();
-        self.owner_checked(
-            &COMPLETE,
-            key,
-            token,
-            &[&record.as_bytes()[..], ttl.as_bytes()],
-        )
-        .await
+        self.complete_with(key, token, record).await
     }
 
     async fn get(&self, key: &StoreKey) -> Result<Option<Entry>, StoreError> {
