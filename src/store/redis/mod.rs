@@ -57,21 +57,42 @@ use super::{
 /// ```no_run
 /// use std::time::Duration;
 ///
-/// use tower_idempotency::store::RedisStore;
+/// use redis::IntoConnectionInfo;
+/// use redis::aio::ConnectionManagerConfig;
+/// use redis::io::tcp::TcpSettings;
+/// use tower_idempotency::store::{RedisPushWaits, RedisStore};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let client = redis::Client::open("redis://127.0.0.1:6379")?;
-/// let connection = client.get_connection_manager().await?;
+/// // RESP3, so that waiting duplicates can be woken by the server (`RedisPushWaits`), and
+/// // TCP_NODELAY, which the `redis` crate leaves off (see "Connections" below).
+/// let info = "redis://127.0.0.1:6379/?protocol=resp3"
+///     .into_connection_info()?
+///     .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+/// let client = redis::Client::open(info)?;
+/// // The layer bounds every store call (2 s); the driver's own 500 ms would cut in first.
+/// let config = ConnectionManagerConfig::new().set_response_timeout(None);
+/// let connection = client.get_connection_manager_with_config(config).await?;
 /// // Completed responses are kept for 24 hours.
 /// let store = RedisStore::new(connection, Duration::from_secs(24 * 60 * 60))
-///     .with_prefix("billing:idem:");
+///     .with_prefix("billing:idem:")
+///     .with_push_waits(RedisPushWaits::connect(&client).await?);
 /// // Once at startup: warns when the server may evict claims or records.
 /// store.check_config().await?;
-/// let layer = tower_idempotency::IdempotencyLayer::new(store);
+/// let layer = tower_idempotency::IdempotencyLayer::new(store)
+///     .wait_for_in_flight(Duration::from_secs(5));
 /// # let _ = layer;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # Connections
+///
+/// Build the client with **`TCP_NODELAY` on**, as above (for a cluster,
+/// `ClusterClientBuilder::tcp_settings`). The `redis` crate 1.x leaves it off, so Nagle's
+/// algorithm holds a small write back while an earlier one is unacknowledged; on a multiplexed
+/// connection, where many requests' commands share one socket, that delays commands behind
+/// each other's ACKs. The store cannot set it: it gets the connection already made. The
+/// benchmarks measure the difference (`BENCHMARKS.md`, "NODELAY").
 ///
 /// # Keys
 ///
@@ -100,7 +121,7 @@ use super::{
 /// A claim is 18 or 50 bytes and expires with its lease (`PX`). A completed value keeps the
 /// owner's token, so that a `complete` the driver sends twice is recognised, and expires after the
 /// store's retention time. A value that does not follow this layout reads as
-/// [`StoreErrorKind::Corrupt`] and is never overwritten by `begin`.
+/// [`StoreErrorKind::Corrupt`](crate::store::StoreErrorKind::Corrupt) and is never overwritten by `begin`.
 ///
 /// # Commands
 ///
@@ -118,7 +139,7 @@ use super::{
 /// A `begin` on a completed key returns the record in the same reply, so a replay costs one
 /// round trip, and costs the server about what a plain `GET` does: `begin`, the one command of
 /// every request, is no script. The owner-checked operations are: scripts run by SHA
-/// ([`Script`]); after `SCRIPT FLUSH` or a restart, the first call gets `NOSCRIPT`, loads the
+/// ([`Script`](::redis::Script)); after `SCRIPT FLUSH` or a restart, the first call gets `NOSCRIPT`, loads the
 /// script and runs it again (three round trips, once per script and node). Owner checks compare
 /// the stored token inside the script, so they are atomic.
 ///
@@ -136,7 +157,7 @@ use super::{
 /// `begin` by a token that already holds the claim answers [`Begin::New`] again, and `complete`
 /// by the token that already completed the key succeeds: a command re-sent after a lost reply is
 /// harmless. A re-sent `release` that already took effect fails with
-/// [`StoreErrorKind::NotOwner`] (the claim is gone), which the layer only logs.
+/// [`StoreErrorKind::NotOwner`](crate::store::StoreErrorKind::NotOwner) (the claim is gone), which the layer only logs.
 ///
 /// # Waiting
 ///
@@ -191,13 +212,13 @@ use super::{
 ///   that writes, so the store cannot fall back to a smaller record): the claim then expires and
 ///   a retry may run again. Leave `maxmemory` headroom for records in flight.
 /// - **Ambiguous errors.** A timeout or a broken connection says nothing about whether the
-///   command ran ([`StoreErrorKind::is_ambiguous`]): a timed-out `begin` may have claimed the key.
+///   command ran ([`StoreErrorKind::is_ambiguous`](crate::store::StoreErrorKind::is_ambiguous)): a timed-out `begin` may have claimed the key.
 ///   The layer reads the key back; when it cannot tell, it answers `503` and releases the claim
 ///   its token may hold in the background, so retries are not held off for a whole lease.
 ///
 /// # Errors
 ///
-/// | redis error | [`StoreErrorKind`] |
+/// | redis error | [`StoreErrorKind`](crate::store::StoreErrorKind) |
 /// | --- | --- |
 /// | I/O timeout (the connection's response timeout) | `Timeout` |
 /// | other I/O errors, dropped or refused connections, `LOADING`, `CLUSTERDOWN`, `TRYAGAIN`, `MASTERDOWN`, `READONLY`, redirections, no connection to the slot's node | `Unavailable` |
