@@ -475,7 +475,7 @@ async fn one_command_per_operation() {
 
     // The scripts: the first call finds none on the server (EVALSHA, SCRIPT LOAD, EVALSHA).
     let (sent, ran) = measure(&connection, &mut admin, async {
-        store.renew(&key, other, LEASE).await.unwrap_err();
+        store.release(&key, other).await.unwrap_err();
     })
     .await;
     assert_eq!(sent, ["evalsha", "script", "evalsha"]);
@@ -486,7 +486,7 @@ async fn one_command_per_operation() {
 
     // Load the other scripts, then measure every operation warm.
     store.complete(&key, other, &rec).await.unwrap_err();
-    store.release(&key, other).await.unwrap_err();
+    store.renew(&key, other, LEASE).await.unwrap_err();
 
     let (sent, ran) = measure(&connection, &mut admin, async {
         let b = store.begin(&key, None, other, LEASE).await.unwrap();
@@ -500,11 +500,17 @@ async fn one_command_per_operation() {
         store.renew(&key, owner, LEASE).await.unwrap()
     })
     .await;
-    assert_eq!(sent, ["evalsha"]);
-    assert_eq!(
-        ran,
-        stats(&[("evalsha", 1), ("getrange", 1), ("pexpire", 1)])
-    );
+    if fenced {
+        // `SET <claim> IFEQ <claim> PX <lease>`: the store remembers the claim it made.
+        assert_eq!(sent, ["set"]);
+        assert_eq!(ran, stats(&[("set", 1)]));
+    } else {
+        assert_eq!(sent, ["evalsha"]);
+        assert_eq!(
+            ran,
+            stats(&[("evalsha", 1), ("getrange", 1), ("pexpire", 1)])
+        );
+    }
 
     let (sent, ran) = measure(&connection, &mut admin, async {
         store.complete(&key, owner, &rec).await.unwrap()
@@ -570,18 +576,32 @@ async fn one_command_per_operation() {
         .begin(&other_fp, Some(&fp), owner, LEASE)
         .await
         .unwrap();
+    // Renewed through the store that made it: one command, though the fingerprint is not given.
+    let (sent, _) = measure(&connection, &mut admin, async {
+        store.renew(&other_fp, owner, LEASE).await.unwrap()
+    })
+    .await;
+    assert_eq!(sent, if fenced { ["set"] } else { ["evalsha"] });
+    // The same claim renewed through a store that did not make it (it has the same token, as
+    // after a restart of the store but not of the claim): the fenced `renew` guesses the value,
+    // finds this token's claim, and sends the command once more against it.
+    let stranger = RedisStore::new(connection.clone(), TTL);
+    stranger.check_config().await.unwrap();
+    let (sent, _) = measure(&connection, &mut admin, async {
+        stranger.renew(&other_fp, owner, LEASE).await.unwrap()
+    })
+    .await;
+    let twice = if fenced {
+        &["set", "set"][..]
+    } else {
+        &["evalsha"][..]
+    };
+    assert_eq!(sent, twice);
     let (sent, _) = measure(&connection, &mut admin, async {
         store.complete(&other_fp, owner, &rec).await.unwrap()
     })
     .await;
-    assert_eq!(
-        sent,
-        if fenced {
-            vec!["set", "set"]
-        } else {
-            vec!["evalsha"]
-        }
-    );
+    assert_eq!(sent, twice);
     assert_eq!(
         store.get(&other_fp).await.unwrap(),
         Some(Entry::Completed(rec.clone()))

@@ -59,6 +59,34 @@ async fn until_reads(admins: &mut [redis::Connection], n: u64) {
 
 /// An owner held at a gate and a duplicate that waits for it: the duplicate gets the replay
 /// soon after the owner answers, and no `GET` is sent while it waits.
+/// A store on a private server with push waits, and that server.
+async fn store_with_push_waits() -> (RedisStore<redis::aio::ConnectionManager>, RedisServer) {
+    let server = RedisServer::start();
+    let waits = RedisPushWaits::connect(&client(&format!("{}?protocol=resp3", server.url())))
+        .await
+        .unwrap();
+    let store = RedisStore::new(server.connection_manager().await, TTL)
+        .with_poll_interval(POLL)
+        .with_push_waits(waits);
+    (store, server)
+}
+
+/// A claim on `name` by a fresh token for `lease`, on a store whose stats were just reset.
+async fn claimed(
+    store: &RedisStore<redis::aio::ConnectionManager>,
+    admin: &mut redis::Connection,
+    name: &str,
+    lease: Duration,
+) -> (StoreKey, OwnerToken) {
+    RedisServer::reset_stats(admin);
+    let (key, token) = (StoreKey::new(None, name), OwnerToken::generate());
+    assert_eq!(
+        store.begin(&key, None, token, lease).await.unwrap(),
+        Begin::New
+    );
+    (key, token)
+}
+
 async fn duplicate_is_woken_by_complete<St: Store>(store: St, admins: &mut [redis::Connection]) {
     let (counter, gate) = (Counter::new(), Gate::new());
     let app = gated_app(
@@ -102,13 +130,7 @@ async fn duplicate_is_woken_by_complete<St: Store>(store: St, admins: &mut [redi
 
 #[tokio::test]
 async fn single_node_duplicate_is_woken_by_complete() {
-    let server = RedisServer::start();
-    let waits = RedisPushWaits::connect(&client(&format!("{}?protocol=resp3", server.url())))
-        .await
-        .unwrap();
-    let store = RedisStore::new(server.connection_manager().await, TTL)
-        .with_poll_interval(POLL)
-        .with_push_waits(waits);
+    let (store, server) = store_with_push_waits().await;
     duplicate_is_woken_by_complete(store, &mut [server.admin()]).await;
 }
 
@@ -125,29 +147,11 @@ async fn cluster_duplicate_is_woken_by_complete() {
     duplicate_is_woken_by_complete(store, &mut admins).await;
 }
 
-/// A store on a private server with push waits, and that server.
-async fn store_with_push_waits() -> (RedisStore<redis::aio::ConnectionManager>, RedisServer) {
-    let server = RedisServer::start();
-    let waits = RedisPushWaits::connect(&client(&format!("{}?protocol=resp3", server.url())))
-        .await
-        .unwrap();
-    let store = RedisStore::new(server.connection_manager().await, TTL)
-        .with_poll_interval(POLL)
-        .with_push_waits(waits);
-    (store, server)
-}
-
 #[tokio::test]
 async fn release_wakes_the_waiter() {
     let (store, server) = store_with_push_waits().await;
     let mut admins = [server.admin()];
-    RedisServer::reset_stats(&mut admins[0]);
-    let (key, token) = (StoreKey::new(None, "released"), OwnerToken::generate());
-    let lease = Duration::from_secs(30);
-    assert_eq!(
-        store.begin(&key, None, token, lease).await.unwrap(),
-        Begin::New
-    );
+    let (key, token) = claimed(&store, &mut admins[0], "released", Duration::from_secs(30)).await;
     let waiter = {
         let (store, key) = (store.clone(), key.clone());
         tokio::spawn(async move {
@@ -167,13 +171,8 @@ async fn release_wakes_the_waiter() {
 async fn lease_expiry_wakes_the_waiter() {
     let (store, server) = store_with_push_waits().await;
     let mut admins = [server.admin()];
-    RedisServer::reset_stats(&mut admins[0]);
-    let (key, token) = (StoreKey::new(None, "expiring"), OwnerToken::generate());
     let lease = Duration::from_millis(300);
-    assert_eq!(
-        store.begin(&key, None, token, lease).await.unwrap(),
-        Begin::New
-    );
+    let (key, _) = claimed(&store, &mut admins[0], "expiring", lease).await;
     let started = Instant::now();
     store.wait(&key, WAIT).await.unwrap();
     let waited = started.elapsed();

@@ -44,7 +44,7 @@ where
         let (redis_version, fenced_complete) = match info {
             Ok(info) => (
                 server_version(&info),
-                self.commands().await == Commands::SetIfEq,
+                self.commands().await? == Commands::SetIfEq,
             ),
             Err(e) if is_transport_error(&e) => return Err(map_error(e)),
             Err(_) => (None, false),
@@ -109,8 +109,9 @@ pub struct ConfigReport {
     pub maxmemory_policy: Option<String>,
     /// The server's `redis_version` from `INFO server`; `None` when it could not be read.
     pub redis_version: Option<String>,
-    /// Whether `complete` is sent as the fenced `SET … IFEQ` (Valkey 8.1+, Redis 8.4+, unless
-    /// [turned off](RedisStore::with_fenced_commands)); otherwise it is the Lua script.
+    /// Whether `complete` and `renew` are sent as the fenced `SET … IFEQ` (Valkey 8.1+, Redis
+    /// 8.4+, unless [turned off](RedisStore::with_fenced_commands)); otherwise they are Lua
+    /// scripts.
     pub fenced_complete: bool,
 }
 

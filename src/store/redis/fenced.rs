@@ -1,5 +1,9 @@
-//! `complete` as one fenced command, `SET … IFEQ … GET`, on servers that have it (Valkey 8.1 and
-//! newer, Redis 8.4 and newer); the script otherwise. Detected once per store.
+//! `complete` and `renew` as one fenced command each, `SET … IFEQ … GET`, on servers that have
+//! it (Valkey 8.1 and newer, Redis 8.4 and newer); the scripts otherwise. Detected once per store.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use ::redis::Value;
 use ::redis::aio::ConnectionLike;
@@ -7,8 +11,66 @@ use ::redis::aio::ConnectionLike;
 use super::RedisStore;
 use super::errors::{is_transport_error, map_error, unexpected_reply};
 use super::layout::{CLAIMED, COMPLETED, Claim, HEADER_LEN, VERSION, millis};
-use super::scripts::COMPLETE;
-use crate::store::{OwnerToken, Record, StoreError, StoreErrorKind, StoreKey};
+use super::scripts::{COMPLETE, RENEW};
+use crate::store::{Fingerprint, OwnerToken, Record, StoreError, StoreErrorKind, StoreKey};
+
+/// How many claims [`Held`] remembers at most; past that, fenced `renew`s guess and may need a
+/// second round trip, and nothing else changes.
+const HELD_MAX: usize = 65_536;
+
+/// The claims this store made and may still hold, with the fingerprint each was made with: `IFEQ`
+/// compares whole values, and `renew` is given only the token. Forgotten at `complete` and
+/// `release`, and once their lease is over.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    claims: Mutex<Claims>,
+}
+
+/// (key digest, token) → (the claim's fingerprint, the end of its lease).
+type Claims = HashMap<([u8; 32], OwnerToken), (Option<Fingerprint>, Instant)>;
+
+impl Held {
+    fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
+        // Every statement leaves the map consistent; a panic elsewhere cannot break it.
+        self.claims.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn insert(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+        fingerprint: Option<&Fingerprint>,
+        lease: Duration,
+    ) {
+        let now = Instant::now();
+        let mut claims = self.claims();
+        if claims.len() >= HELD_MAX {
+            claims.retain(|_, (_, until)| *until > now);
+            if claims.len() >= HELD_MAX {
+                return;
+            }
+        }
+        let until = now.checked_add(lease).unwrap_or(now);
+        claims.insert((*key.digest(), token), (fingerprint.copied(), until));
+    }
+
+    fn fingerprint(&self, key: &StoreKey, token: OwnerToken) -> Option<Fingerprint> {
+        self.claims()
+            .get(&(*key.digest(), token))
+            .and_then(|(fp, _)| *fp)
+    }
+
+    fn extend(&self, key: &StoreKey, token: OwnerToken, lease: Duration) {
+        if let Some((_, until)) = self.claims().get_mut(&(*key.digest(), token)) {
+            let now = Instant::now();
+            *until = now.checked_add(lease).unwrap_or(now);
+        }
+    }
+
+    pub(super) fn forget(&self, key: &StoreKey, token: OwnerToken) {
+        self.claims().remove(&(*key.digest(), token));
+    }
+}
 
 /// How the store sends `complete`, once it knows the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,14 +107,15 @@ impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    /// How to send `complete`: asked once (`INFO server`), then remembered by every clone.
-    /// A server that cannot be asked now gets the script this time and is asked again later.
-    pub(super) async fn commands(&self) -> Commands {
+    /// How to send `complete` and `renew`: asked once (`INFO server`), then remembered by every
+    /// clone. When the server cannot be reached, the operation fails as its own command would
+    /// have, and the next one asks again.
+    pub(super) async fn commands(&self) -> Result<Commands, StoreError> {
         if !self.fenced {
-            return Commands::Scripts;
+            return Ok(Commands::Scripts);
         }
         if let Some(commands) = self.commands.get() {
-            return *commands;
+            return Ok(*commands);
         }
         let mut connection = self.connection.clone();
         let info: Result<String, _> = ::redis::cmd("INFO")
@@ -61,11 +124,11 @@ where
             .await;
         let commands = match info {
             Ok(info) => Commands::of(&info),
-            Err(e) if is_transport_error(&e) => return Commands::Scripts,
+            Err(e) if is_transport_error(&e) => return Err(map_error(e)),
             // `INFO` refused (renamed by a managed offering): keep to what every server has.
             Err(_) => Commands::Scripts,
         };
-        *self.commands.get_or_init(|| async { commands }).await
+        Ok(*self.commands.get_or_init(|| async { commands }).await)
     }
 
     pub(super) async fn complete_with(
@@ -74,7 +137,7 @@ where
         token: OwnerToken,
         record: &Record,
     ) -> Result<(), StoreError> {
-        match self.commands().await {
+        let done = match self.commands().await? {
             Commands::SetIfEq => self.complete_fenced(key, token, record).await,
             Commands::Scripts => {
                 let ttl = millis(self.ttl).to_string();
@@ -86,38 +149,87 @@ where
                 )
                 .await
             }
+        };
+        if done.as_ref().err().is_none_or(|e| !e.kind().is_ambiguous()) {
+            self.held.forget(key, token);
         }
+        done
     }
 
-    /// `SET <key> <record> IFEQ <claim> PX <ttl> GET`: written only over this token's claim,
-    /// and the reply is the value that was there, which tells what happened.
+    pub(super) async fn renew_with(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let done = match self.commands().await? {
+            Commands::SetIfEq => {
+                let claim = Claim::new(token, self.held.fingerprint(key, token).as_ref());
+                let claim = claim.as_bytes();
+                self.set_if_claimed(key, token, claim, claim, millis(lease))
+                    .await
+            }
+            Commands::Scripts => {
+                let lease = millis(lease).to_string();
+                self.owner_checked(&RENEW, key, token, &[lease.as_bytes()])
+                    .await
+            }
+        };
+        match &done {
+            Ok(()) => self.held.extend(key, token, lease),
+            Err(e) if e.kind() == StoreErrorKind::NotOwner => self.held.forget(key, token),
+            Err(_) => {}
+        }
+        done
+    }
+
+    /// `SET <key> <record> IFEQ <claim> PX <ttl> GET`: the record, written only over this
+    /// token's claim.
     ///
-    /// `IFEQ` compares whole values, and a claim holds the request's fingerprint: the store
-    /// expects the record's own (the layer records the fingerprint it claimed with). When the
-    /// key holds this token's claim with another fingerprint, the command is sent once more
-    /// with that claim; nobody else writes a claim with this token.
+    /// The record carries the fingerprint the claim was made with (the layer records the
+    /// fingerprint it claimed with), so the claim's whole value is known without asking.
     async fn complete_fenced(
         &self,
         key: &StoreKey,
         token: OwnerToken,
         record: &Record,
     ) -> Result<(), StoreError> {
-        let redis_key = self.redis_key(key);
         let mut value = Vec::with_capacity(HEADER_LEN + record.as_bytes().len());
         value.extend_from_slice(&[VERSION, COMPLETED]);
         value.extend_from_slice(&token.to_bytes());
         value.extend_from_slice(record.as_bytes());
-        let ttl = millis(self.ttl);
-        let mut expected = Claim::new(token, record.fingerprint()).as_bytes().to_vec();
+        let claim = Claim::new(token, record.fingerprint());
+        self.set_if_claimed(key, token, &value, claim.as_bytes(), millis(self.ttl))
+            .await
+    }
+
+    /// `SET <key> <value> IFEQ <claim> PX <ms> GET`: written only where the key holds `claim`,
+    /// and the reply is the value that was there, which tells what happened.
+    ///
+    /// When the key holds this token's claim with another fingerprint than `claim` guessed, the
+    /// command is sent once more against the claim found; nobody else writes a claim with this
+    /// token. A key that already holds this token's record (a `complete` re-sent after a lost
+    /// reply) counts as done for `complete` and as not owned for `renew`.
+    async fn set_if_claimed(
+        &self,
+        key: &StoreKey,
+        token: OwnerToken,
+        value: &[u8],
+        claim: &[u8],
+        px: u64,
+    ) -> Result<(), StoreError> {
+        let redis_key = self.redis_key(key);
+        let completing = value.get(1) == Some(&COMPLETED);
+        let mut expected = claim.to_vec();
         for _ in 0..2 {
             let mut connection = self.connection.clone();
             let reply: Value = ::redis::cmd("SET")
                 .arg(&redis_key)
-                .arg(&value)
+                .arg(if completing { value } else { &expected[..] })
                 .arg("IFEQ")
                 .arg(&expected)
                 .arg("PX")
-                .arg(ttl)
+                .arg(px)
                 .arg("GET")
                 .query_async(&mut connection)
                 .await
@@ -134,8 +246,7 @@ where
                 && found[0] == VERSION
                 && found[2..HEADER_LEN] == token.to_bytes();
             match found.get(1) {
-                // Completed by this token already: a `complete` re-sent after a lost reply.
-                Some(&COMPLETED) if ours => return Ok(()),
+                Some(&COMPLETED) if ours && completing => return Ok(()),
                 Some(&CLAIMED) if ours => expected = found,
                 _ => break,
             }
@@ -147,6 +258,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_claims_are_remembered_until_forgotten_or_over() {
+        let held = Held::default();
+        let (key, token) = (StoreKey::new(None, "k"), OwnerToken::generate());
+        let fp = Fingerprint::sha256(b"request");
+        held.insert(&key, token, Some(&fp), Duration::from_secs(30));
+        assert_eq!(held.fingerprint(&key, token), Some(fp));
+        assert_eq!(held.fingerprint(&key, OwnerToken::generate()), None);
+        assert_eq!(held.fingerprint(&StoreKey::new(None, "other"), token), None);
+        held.forget(&key, token);
+        assert_eq!(held.fingerprint(&key, token), None);
+
+        // Full: claims whose lease is over make room; live ones are never pushed out.
+        for i in 0..HELD_MAX {
+            let key = StoreKey::new(None, &i.to_string());
+            held.insert(&key, token, None, Duration::ZERO);
+        }
+        held.insert(&key, token, Some(&fp), Duration::from_secs(30));
+        assert_eq!(held.fingerprint(&key, token), Some(fp));
+        assert_eq!(held.claims().len(), 1);
+    }
 
     #[test]
     fn detects_the_servers_with_set_ifeq() {

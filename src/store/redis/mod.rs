@@ -21,9 +21,9 @@ use bytes::Bytes;
 
 pub use self::config::ConfigReport;
 use self::errors::{map_begin_error, map_error, unexpected_reply};
-use self::fenced::Commands;
+use self::fenced::{Commands, Held};
 use self::layout::{Claim, decode, millis};
-use self::scripts::{RELEASE, RENEW};
+use self::scripts::RELEASE;
 pub use self::wait::RedisPushWaits;
 use super::{
     Begin, DEFAULT_POLL_INTERVAL, Entry, Fingerprint, OwnerToken, Record, Store, StoreError,
@@ -133,7 +133,8 @@ use super::{
 /// | `complete` on Valkey ≥ 8.1, Redis ≥ 8.4 | `SET <record> IFEQ <claim> PX <ttl> GET` | writes only over this token's claim (a fenced compare-and-set); answers with the value it found |
 /// | `complete` on Redis 7.x | `EVALSHA` | `GETRANGE 0 17` (owner check); `SET … PX <ttl>` |
 /// | `release` | `EVALSHA` | `GETRANGE 0 17`; `DEL` |
-/// | `renew` | `EVALSHA` | `GETRANGE 0 17`; `PEXPIRE` |
+/// | `renew` on Valkey ≥ 8.1, Redis ≥ 8.4 | `SET <claim> IFEQ <claim> PX <lease> GET` | the same value with a new expiry, only where the claim is there |
+/// | `renew` on Redis 7.x | `EVALSHA` | `GETRANGE 0 17`; `PEXPIRE` |
 /// | `get` | `GET` | |
 ///
 /// A `begin` on a completed key returns the record in the same reply, so a replay costs one
@@ -144,15 +145,18 @@ use super::{
 /// the stored token inside the script, so they are atomic.
 ///
 /// Where the server has `SET … IFEQ` (found once per store, from `INFO server`, by
-/// [`check_config`](RedisStore::check_config) or the first `complete`), `complete` is that one
-/// plain command, which the server runs several times cheaper than a script; turn it off with
-/// [`with_fenced_commands(false)`](RedisStore::with_fenced_commands). `IFEQ` compares whole
-/// values, and a claim holds the request's fingerprint: at `complete` the store knows it (the
-/// record carries the fingerprint it was claimed with; if the claim holds another, the command is
-/// sent once more against that claim). `renew` and `release` get only the token, so they stay
-/// scripts on every server, including the conditional deletes of Valkey 9 (`DELIFEQ`) and Redis
-/// 8.4 (`DELEX … IFEQ`), which compare whole values too. They are off the hot path: `renew`
-/// runs every third of the lease of a slow handler, `release` after a failed one.
+/// [`check_config`](RedisStore::check_config) or the first `complete` or `renew`), those two
+/// are that one plain command, which the server runs several times cheaper than a script; turn
+/// it off with [`with_fenced_commands(false)`](RedisStore::with_fenced_commands). `IFEQ`
+/// compares whole values, and a claim holds the request's fingerprint: at `complete` the record
+/// carries the fingerprint it was claimed with; for `renew`, which gets only the token, the
+/// store remembers the claims it made (in memory, bounded, forgotten at `complete`, `release`
+/// and the end of the lease). Where the guess is wrong (a claim made through another store
+/// instance), the reply shows this token's claim and the command is sent once more against it.
+///
+/// `release` stays a script on every server. Valkey 8.1 has no conditional delete; Valkey 9
+/// (`DELIFEQ`) and Redis 8.4 (`DELEX … IFEQ`) have one, but no server of either is in this
+/// crate's tests, and `release` is off the hot path (it runs after a failed handler).
 ///
 /// `begin` by a token that already holds the claim answers [`Begin::New`] again, and `complete`
 /// by the token that already completed the key succeeds: a command re-sent after a lost reply is
@@ -235,8 +239,10 @@ pub struct RedisStore<C> {
     push_waits: Option<RedisPushWaits>,
     /// Whether `complete` may be a fenced command where the server has one.
     fenced: bool,
-    /// How `complete` is sent, once the server was asked (shared by clones).
+    /// How `complete` and `renew` are sent, once the server was asked (shared by clones).
     commands: Arc<tokio::sync::OnceCell<Commands>>,
+    /// The claims this store holds, for the fenced commands (shared by clones).
+    held: Arc<Held>,
 }
 
 impl<C> RedisStore<C> {
@@ -262,6 +268,7 @@ impl<C> RedisStore<C> {
             push_waits: None,
             fenced: true,
             commands: Arc::new(tokio::sync::OnceCell::new()),
+            held: Arc::default(),
         }
     }
 
@@ -308,9 +315,9 @@ impl<C> RedisStore<C> {
         self
     }
 
-    /// Whether `complete` is sent as the server's fenced `SET … IFEQ` where it has one (Valkey
-    /// 8.1+, Redis 8.4+; detected once, default `true`), or always as the Lua script, e.g.
-    /// behind a proxy that does not know `IFEQ`. See *Commands* above.
+    /// Whether `complete` and `renew` are sent as the server's fenced `SET … IFEQ` where it has
+    /// one (Valkey 8.1+, Redis 8.4+; detected once, default `true`), or always as Lua scripts,
+    /// e.g. behind a proxy that does not know `IFEQ`. See *Commands* above.
     pub fn with_fenced_commands(mut self, enabled: bool) -> Self {
         self.fenced = enabled;
         self
@@ -381,16 +388,21 @@ where
             .query_async(&mut connection)
             .await
             .map_err(map_begin_error)?;
-        match reply {
-            Value::Nil => Ok(Begin::New),
+        let begun = match reply {
+            Value::Nil => Begin::New,
             Value::BulkString(value) => match decode(Bytes::from(value))? {
                 // Held by this very token: a re-sent `begin` whose first reply was lost.
-                Entry::InProgress { token: holder, .. } if holder == token => Ok(Begin::New),
-                Entry::InProgress { fingerprint, .. } => Ok(Begin::InProgress { fingerprint }),
-                Entry::Completed(record) => Ok(Begin::Completed(record)),
+                Entry::InProgress { token: holder, .. } if holder == token => Begin::New,
+                Entry::InProgress { fingerprint, .. } => Begin::InProgress { fingerprint },
+                Entry::Completed(record) => Begin::Completed(record),
             },
-            other => Err(unexpected_reply(&other)),
+            other => return Err(unexpected_reply(&other)),
+        };
+        if begun == Begin::New && self.commands.get() == Some(&Commands::SetIfEq) {
+            // For a fenced `renew`, which must name the claim's whole value.
+            self.held.insert(key, token, fingerprint, lease);
         }
+        Ok(begun)
     }
 
     async fn complete(
@@ -417,7 +429,11 @@ where
     }
 
     async fn release(&self, key: &StoreKey, token: OwnerToken) -> Result<(), StoreError> {
-        self.owner_checked(&RELEASE, key, token, &[]).await
+        let done = self.owner_checked(&RELEASE, key, token, &[]).await;
+        if done.as_ref().err().is_none_or(|e| !e.kind().is_ambiguous()) {
+            self.held.forget(key, token);
+        }
+        done
     }
 
     async fn renew(
@@ -426,9 +442,7 @@ where
         token: OwnerToken,
         lease: Duration,
     ) -> Result<(), StoreError> {
-        let lease = millis(lease).to_string();
-        self.owner_checked(&RENEW, key, token, &[lease.as_bytes()])
-            .await
+        self.renew_with(key, token, lease).await
     }
 
     /// Waits until the key is no longer claimed, or `timeout` has passed: woken by the server
