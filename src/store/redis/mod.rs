@@ -88,11 +88,13 @@ use super::{
 /// # Connections
 ///
 /// Build the client with **`TCP_NODELAY` on**, as above (for a cluster,
-/// `ClusterClientBuilder::tcp_settings`). The `redis` crate 1.x leaves it off, so Nagle's
-/// algorithm holds a small write back while an earlier one is unacknowledged; on a multiplexed
-/// connection, where many requests' commands share one socket, that delays commands behind
-/// each other's ACKs. The store cannot set it: it gets the connection already made. The
-/// benchmarks measure the difference (`BENCHMARKS.md`, "NODELAY").
+/// `ClusterClientBuilder::tcp_settings`). The `redis` crate 1.x leaves it off (2.0 turns it on),
+/// so Nagle's algorithm may hold a small write back until the previous one is acknowledged; over
+/// a real network, where that acknowledgement can itself be delayed, commands of a multiplexed
+/// connection wait behind each other. The store cannot set it: it gets the connection already
+/// made. On loopback, with client and server on two busy cores, the benchmarks measured no gain
+/// from it (paired, the layer on a NODELAY connection did 0.85–0.97 of the throughput on the
+/// default one: Nagle batched writes there); see `BENCHMARKS.md`.
 ///
 /// # Keys
 ///
