@@ -80,8 +80,8 @@ async fn redis_store(url: &str) -> std::io::Result<(BoxStore, String)> {
     use redis::aio::ConnectionManagerConfig;
     use tower_idempotency::store::RedisStore;
 
-    // TCP_NODELAY: the `redis` crate leaves Nagle's algorithm on, which holds small commands
-    // back on a connection that many requests share.
+    // TCP_NODELAY, which the `redis` crate 1.x leaves off: over a real network Nagle's algorithm
+    // can hold commands back behind delayed ACKs.
     let info = redis::IntoConnectionInfo::into_connection_info(url)
         .map_err(std::io::Error::other)?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
