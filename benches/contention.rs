@@ -98,7 +98,7 @@ fn bench(c: &mut Criterion, rt: &Runtime) {
         b.iter_custom(|iters| batches(rt, iters, &orders, &make, 1));
     });
     #[cfg(feature = "redis")]
-    if let Some(connection) = common::redis_connection(rt) {
+    if let Some(connection) = common::redis_connection(rt, true) {
         group.bench_function("redis", |b| {
             let make = || common::layered(common::redis_store(&connection), KEYS as usize);
             b.iter_custom(|iters| batches(rt, iters, &orders, &make, 1));

@@ -304,15 +304,134 @@ fn paired(
     common::paired_batches(&id, since, common::Kind::Throughput, raw, layered)
 }
 
+/// The layer on a connection with Nagle's algorithm on (the `redis` crate's default), at 8 and 64
+/// tasks: the baseline of the NODELAY rows.
+fn bench_nagle(c: &mut Criterion, rt: &Runtime, nagle: &MultiplexedConnection) {
+    let mut group = c.benchmark_group("redis_nagle");
+    group.throughput(Throughput::Elements(1));
+    for tasks in [8, 64] {
+        group.bench_with_input(BenchmarkId::new("first", tasks), &tasks, |b, &tasks| {
+            let (router, _) = common::layered(common::redis_store(nagle), 1);
+            let load = Load::post(router, Key::Fresh(common::fresh_prefix()));
+            b.iter_custom(|iters| common::drive(rt, &load, tasks, iters));
+        });
+        group.bench_with_input(BenchmarkId::new("replay", tasks), &tasks, |b, &tasks| {
+            let (router, _) = common::layered(common::redis_store(nagle), 1);
+            let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
+            common::drive(rt, &load, 1, 1);
+            b.iter_custom(|iters| common::drive(rt, &load, tasks, iters));
+        });
+    }
+    group.finish();
+}
+
+/// The layer on the NODELAY connection against the layer on the Nagle one, in pairs.
+fn paired_nagle(
+    rt: &Runtime,
+    connection: &MultiplexedConnection,
+    nagle: &MultiplexedConnection,
+    since: SystemTime,
+    group: &str,
+    tasks: u64,
+) -> Option<common::Paired> {
+    let id = format!("{group}/layered/{tasks}");
+    let load = |connection| {
+        let (router, _) = common::layered(common::redis_store(connection), 1);
+        if group == "redis_first" {
+            return Load::post(router, Key::Absent);
+        }
+        let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
+        common::drive(rt, &load, 1, 1);
+        load
+    };
+    let (fast, slow) = (load(connection), load(nagle));
+    let first = group == "redis_first";
+    let run = |load: &Load, n| {
+        if first {
+            common::drive(rt, &load.fresh(), tasks, n)
+        } else {
+            common::drive(rt, load, tasks, n)
+        }
+    };
+    common::paired_batches(
+        &id,
+        since,
+        common::Kind::Throughput,
+        |n| run(&slow, n),
+        |n| run(&fast, n),
+    )
+}
+
+/// First executions through the store alone, as `n` requests on `tasks` tasks.
+fn store_firsts(
+    rt: &Runtime,
+    store: &Arc<RedisStore<MultiplexedConnection>>,
+    tasks: u64,
+    n: u64,
+) -> Duration {
+    let (store, prefix) = (Arc::clone(store), common::fresh_prefix());
+    let stored = Record::from_bytes(record()).expect("a record");
+    common::drive_fn(rt, tasks, n, move |i| {
+        store_calls(
+            Arc::clone(&store),
+            format!("{prefix}-{i}"),
+            stored.clone(),
+            false,
+        )
+    })
+}
+
+/// The store's first executions with `complete` as the Lua script (fenced commands off).
+fn bench_scripted(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection) {
+    let mut group = c.benchmark_group("redis_scripted");
+    group.throughput(Throughput::Elements(1));
+    for tasks in [8, 64] {
+        group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
+            let store = Arc::new(common::redis_store(connection).with_fenced_commands(false));
+            b.iter_custom(|iters| store_firsts(rt, &store, tasks, iters));
+        });
+    }
+    group.finish();
+}
+
+/// Fenced `complete` against the script, in pairs, through the store alone.
+fn paired_scripted(
+    rt: &Runtime,
+    connection: &MultiplexedConnection,
+    since: SystemTime,
+    tasks: u64,
+) -> Option<common::Paired> {
+    let fenced = Arc::new(common::redis_store(connection));
+    let scripted = Arc::new(common::redis_store(connection).with_fenced_commands(false));
+    common::paired_batches(
+        &format!("redis_first/store/{tasks}"),
+        since,
+        common::Kind::Throughput,
+        |n| store_firsts(rt, &scripted, tasks, n),
+        |n| store_firsts(rt, &fenced, tasks, n),
+    )
+}
+
 fn main() {
     let since = SystemTime::now();
     let rt = common::runtime();
-    let Some(connection) = common::redis_connection(&rt) else {
+    let Some(connection) = common::redis_connection(&rt, true) else {
         return;
     };
+    let nagle = common::redis_connection(&rt, false).expect("a second connection");
     let (first_trips, replay_trips) = round_trips(&rt, &connection);
     let mut c = common::criterion();
     bench(&mut c, &rt, &connection);
+    bench_nagle(&mut c, &rt, &nagle);
+    // Where the server has `SET … IFEQ` (Valkey 8.1+, Redis 8.4+): the store's calls with the
+    // fenced `complete` against the same calls with the Lua script.
+    let fenced = common::on_runtime(&rt, {
+        let store = common::redis_store(&connection);
+        async move { store.check_config().await.is_ok_and(|r| r.fenced_complete) }
+    });
+    if fenced {
+        bench_scripted(&mut c, &rt, &connection);
+    }
     let mut ratios = Vec::new();
     for (question, group) in [
         ("first execution", "redis_first"),
@@ -347,6 +466,63 @@ fn main() {
                 &format!("{group}/raw/{tasks}"),
                 Target::None,
             ));
+        }
+    }
+    // TCP_NODELAY, paired: the layer on the connection the docs advise against the layer on the
+    // driver's default connection, in the same run.
+    for (group, tasks, label) in [
+        (
+            "redis_first",
+            8,
+            "first execution, 8 tasks: NODELAY / Nagle (throughput)",
+        ),
+        (
+            "redis_first",
+            64,
+            "first execution, 64 tasks: NODELAY / Nagle (throughput)",
+        ),
+        (
+            "redis_replay",
+            8,
+            "replay, 8 tasks: NODELAY / Nagle (throughput)",
+        ),
+        (
+            "redis_replay",
+            64,
+            "replay, 64 tasks: NODELAY / Nagle (throughput)",
+        ),
+    ] {
+        let what = group.trim_start_matches("redis_");
+        ratios.push(
+            Ratio::throughput(
+                label,
+                &format!("{group}/layered/{tasks}"),
+                &format!("redis_nagle/{what}/{tasks}"),
+                Target::None,
+            )
+            .with_paired(paired_nagle(&rt, &connection, &nagle, since, group, tasks)),
+        );
+    }
+    if fenced {
+        for (tasks, label) in [
+            (
+                8,
+                "store calls, first execution, 8 tasks: fenced / scripted (throughput)",
+            ),
+            (
+                64,
+                "store calls, first execution, 64 tasks: fenced / scripted (throughput)",
+            ),
+        ] {
+            ratios.push(
+                Ratio::throughput(
+                    label,
+                    &format!("redis_first/store/{tasks}"),
+                    &format!("redis_scripted/store/{tasks}"),
+                    Target::None,
+                )
+                .with_paired(paired_scripted(&rt, &connection, since, tasks)),
+            );
         }
     }
     common::report("redis", since, &ratios);

@@ -80,7 +80,12 @@ async fn redis_store(url: &str) -> std::io::Result<(BoxStore, String)> {
     use redis::aio::ConnectionManagerConfig;
     use tower_idempotency::store::RedisStore;
 
-    let client = redis::Client::open(url).map_err(std::io::Error::other)?;
+    // TCP_NODELAY, which the `redis` crate 1.x leaves off: over a real network Nagle's algorithm
+    // can hold commands back behind delayed ACKs.
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(std::io::Error::other)?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info).map_err(std::io::Error::other)?;
     // The layer bounds every store call itself (2 s); the driver's own 500 ms limit would cut
     // in first under load.
     let config = ConnectionManagerConfig::new().set_response_timeout(None);

@@ -8,7 +8,7 @@
 #[path = "../examples/support/flaky_proxy.rs"]
 mod flaky_proxy;
 #[cfg(feature = "redis")]
-mod support;
+mod common;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -227,13 +227,13 @@ async fn each_request_runs_once_over_memory() {
 async fn each_request_runs_once_over_redis() {
     use tower_idempotency::store::RedisStore;
     let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
-    let connection = redis::Client::open(support::redis::shared_url())
+    let connection = redis::Client::open(common::redis::shared_url())
         .unwrap()
         .get_connection_manager_with_config(config)
         .await
         .expect("connect to REDIS_URL");
     let store = RedisStore::new(connection, Duration::from_secs(60))
-        .with_prefix(support::redis::unique_prefix("client"));
+        .with_prefix(common::redis::unique_prefix("client"));
     each_request_runs_once(BoxStore::new(store)).await;
 }
 

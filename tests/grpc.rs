@@ -6,10 +6,9 @@
 //! `UNAVAILABLE` when the store is down), and retryable codes release the key, with no glue in
 //! the server.
 
-#[path = "support/drop_probe.rs"]
-mod drop_probe;
+mod common;
 
-use drop_probe::DropProbe;
+use common::drop_probe::DropProbe;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,10 +1,9 @@
 //! The layer in a plain hyper 1 server (hyper-util `auto`, HTTP/1.1 and HTTP/2 on one port),
 //! over a real socket, with hyper's own client on a fresh connection per request.
 
-#[path = "support/drop_probe.rs"]
-mod drop_probe;
+mod common;
 
-use drop_probe::DropProbe;
+use common::drop_probe::DropProbe;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

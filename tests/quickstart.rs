@@ -105,7 +105,10 @@ async fn on_redis() {
     use tower_idempotency::store::RedisStore;
 
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let client = redis::Client::open(url.as_str()).unwrap();
+    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+        .unwrap()
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info).unwrap();
     let connection = client.get_connection_manager().await.unwrap();
     let store =
         RedisStore::new(connection, Duration::from_secs(60)).with_prefix("quickstart-test:");

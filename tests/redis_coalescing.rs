@@ -2,7 +2,7 @@
 //! instance is already claiming or running are answered without Redis round trips, counted on a
 //! private server with `INFO commandstats`.
 
-mod support;
+mod common;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use tower_idempotency::body::{RequestBody, ResponseBody};
 use tower_idempotency::store::RedisStore;
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
-use support::redis::RedisServer;
+use common::redis::RedisServer;
 
 type App =
     BoxCloneSyncService<Request<Full<Bytes>>, Response<ResponseBody<Full<Bytes>>>, Infallible>;

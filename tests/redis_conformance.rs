@@ -2,14 +2,14 @@
 //! multiplexed connection and a `ConnectionManager` on the shared server at `REDIS_URL` (each run
 //! under a prefix of its own), and a cluster connection on a private three-primary cluster.
 
-mod support;
+mod common;
 
 use std::time::Duration;
 
 use tower_idempotency::conformance;
 use tower_idempotency::store::{BoxStore, RedisStore};
 
-use support::redis::{RedisCluster, shared_connection, shared_connection_manager, unique_prefix};
+use common::redis::{RedisCluster, shared_connection, shared_connection_manager, unique_prefix};
 
 /// Short enough that what the suite leaves on the shared server goes away soon.
 const TTL: Duration = Duration::from_secs(60);

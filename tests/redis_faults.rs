@@ -1,7 +1,7 @@
 //! `RedisStore` under faults, on private servers: paused servers, killed connections, restarts,
 //! flushed scripts, expired leases, and how many commands each operation costs.
 
-mod support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,7 +17,7 @@ use tower_idempotency::store::{
     Begin, Entry, OwnerToken, RedisStore, Store, StoreError, StoreErrorKind, StoreKey,
 };
 
-use support::redis::{RedisCluster, RedisServer};
+use common::redis::{RedisCluster, RedisServer};
 
 const TTL: Duration = Duration::from_secs(3600);
 const LEASE: Duration = Duration::from_secs(30);
@@ -449,6 +449,9 @@ async fn one_command_per_operation() {
         sent: Arc::default(),
     };
     let store = RedisStore::new(connection.clone(), TTL);
+    // Valkey 8.1 and Redis 8.4 have `SET … IFEQ`: then `complete` is that command.
+    let fenced = store.check_config().await.unwrap().fenced_complete;
+    assert_eq!(fenced, common::redis::server_binary().contains("valkey"));
     let mut admin = server.admin();
     let key = StoreKey::new(None, "counted");
     let owner = OwnerToken::generate();
@@ -472,7 +475,7 @@ async fn one_command_per_operation() {
 
     // The scripts: the first call finds none on the server (EVALSHA, SCRIPT LOAD, EVALSHA).
     let (sent, ran) = measure(&connection, &mut admin, async {
-        store.renew(&key, other, LEASE).await.unwrap_err();
+        store.release(&key, other).await.unwrap_err();
     })
     .await;
     assert_eq!(sent, ["evalsha", "script", "evalsha"]);
@@ -483,7 +486,7 @@ async fn one_command_per_operation() {
 
     // Load the other scripts, then measure every operation warm.
     store.complete(&key, other, &rec).await.unwrap_err();
-    store.release(&key, other).await.unwrap_err();
+    store.renew(&key, other, LEASE).await.unwrap_err();
 
     let (sent, ran) = measure(&connection, &mut admin, async {
         let b = store.begin(&key, None, other, LEASE).await.unwrap();
@@ -497,18 +500,29 @@ async fn one_command_per_operation() {
         store.renew(&key, owner, LEASE).await.unwrap()
     })
     .await;
-    assert_eq!(sent, ["evalsha"]);
-    assert_eq!(
-        ran,
-        stats(&[("evalsha", 1), ("getrange", 1), ("pexpire", 1)])
-    );
+    if fenced {
+        // `SET <claim> IFEQ <claim> PX <lease>`: the store remembers the claim it made.
+        assert_eq!(sent, ["set"]);
+        assert_eq!(ran, stats(&[("set", 1)]));
+    } else {
+        assert_eq!(sent, ["evalsha"]);
+        assert_eq!(
+            ran,
+            stats(&[("evalsha", 1), ("getrange", 1), ("pexpire", 1)])
+        );
+    }
 
     let (sent, ran) = measure(&connection, &mut admin, async {
         store.complete(&key, owner, &rec).await.unwrap()
     })
     .await;
-    assert_eq!(sent, ["evalsha"]);
-    assert_eq!(ran, stats(&[("evalsha", 1), ("getrange", 1), ("set", 1)]));
+    if fenced {
+        assert_eq!(sent, ["set"]);
+        assert_eq!(ran, stats(&[("set", 1)]));
+    } else {
+        assert_eq!(sent, ["evalsha"]);
+        assert_eq!(ran, stats(&[("evalsha", 1), ("getrange", 1), ("set", 1)]));
+    }
 
     // A replay: the record comes back with the begin, in one round trip.
     let (sent, ran) = measure(&connection, &mut admin, async {
@@ -541,8 +555,75 @@ async fn one_command_per_operation() {
         assert_eq!(e.kind(), StoreErrorKind::NotOwner);
     })
     .await;
-    assert_eq!(sent, ["evalsha"]);
-    assert_eq!(ran, stats(&[("evalsha", 1), ("getrange", 1)]));
+    if fenced {
+        // `IFEQ` did not match: nothing written, the reply was the record found.
+        assert_eq!(sent, ["set"]);
+        assert_eq!(ran, stats(&[("set", 1)]));
+        assert_eq!(
+            store.get(&key).await.unwrap(),
+            Some(Entry::Completed(rec.clone()))
+        );
+    } else {
+        assert_eq!(sent, ["evalsha"]);
+        assert_eq!(ran, stats(&[("evalsha", 1), ("getrange", 1)]));
+    }
+
+    // A claim made with a fingerprint that the record does not carry: the fenced `complete`
+    // finds this token's claim and sends the command once more against it.
+    let fp = Fingerprint::sha256(b"claimed with");
+    let other_fp = StoreKey::new(None, "counted-fingerprint");
+    store
+        .begin(&other_fp, Some(&fp), owner, LEASE)
+        .await
+        .unwrap();
+    // Renewed through the store that made it: one command, though the fingerprint is not given.
+    let (sent, _) = measure(&connection, &mut admin, async {
+        store.renew(&other_fp, owner, LEASE).await.unwrap()
+    })
+    .await;
+    assert_eq!(sent, if fenced { ["set"] } else { ["evalsha"] });
+    // The same claim renewed through a store that did not make it (it has the same token, as
+    // after a restart of the store but not of the claim): the fenced `renew` guesses the value,
+    // finds this token's claim, and sends the command once more against it.
+    let stranger = RedisStore::new(connection.clone(), TTL);
+    stranger.check_config().await.unwrap();
+    let (sent, _) = measure(&connection, &mut admin, async {
+        stranger.renew(&other_fp, owner, LEASE).await.unwrap()
+    })
+    .await;
+    let twice = if fenced {
+        &["set", "set"][..]
+    } else {
+        &["evalsha"][..]
+    };
+    assert_eq!(sent, twice);
+    let (sent, _) = measure(&connection, &mut admin, async {
+        store.complete(&other_fp, owner, &rec).await.unwrap()
+    })
+    .await;
+    assert_eq!(sent, twice);
+    assert_eq!(
+        store.get(&other_fp).await.unwrap(),
+        Some(Entry::Completed(rec.clone()))
+    );
+    // Re-sent after a lost reply: still done, the record unchanged.
+    store.complete(&other_fp, owner, &rec).await.unwrap();
+
+    // Turned off, `complete` is the script on every server.
+    let scripted = RedisStore::new(connection.clone(), TTL).with_fenced_commands(false);
+    let off = StoreKey::new(None, "counted-scripted");
+    scripted.begin(&off, None, owner, LEASE).await.unwrap();
+    let (sent, _) = measure(&connection, &mut admin, async {
+        scripted.complete(&off, owner, &rec).await.unwrap()
+    })
+    .await;
+    // (Where the fenced store never loaded the script, it is loaded now.)
+    let loaded = if fenced {
+        &["evalsha", "script", "evalsha"][..]
+    } else {
+        &["evalsha"][..]
+    };
+    assert_eq!(sent, loaded);
 }
 
 /// On a cluster, a dead primary takes only its own slots down: keys on the other primaries keep

@@ -2,7 +2,7 @@
 //! share one Redis (or one cluster) and still run every key exactly once; and what clients see
 //! when the server pauses, restarts or drops connections while requests are in flight.
 
-mod support;
+mod common;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -18,7 +18,7 @@ use tower_idempotency::body::{RequestBody, ResponseBody};
 use tower_idempotency::store::{OwnerToken, RedisStore, Store};
 use tower_idempotency::{IdempotencyClaim, IdempotencyLayer, Outcome};
 
-use support::redis::{RedisCluster, RedisServer, shared_url, unique_prefix};
+use common::redis::{RedisCluster, RedisServer, shared_url, unique_prefix};
 
 const TTL: Duration = Duration::from_secs(60);
 

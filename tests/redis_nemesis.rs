@@ -16,7 +16,7 @@
 //! [`LOAD`], and everything stops at [`DEADLINE`]. The seed is printed; `NEMESIS_SEED=<n>` replays
 //! the same choices (the timing of a real server still differs from run to run).
 
-mod support;
+mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -35,7 +35,7 @@ use tokio::task::JoinSet;
 use tower_idempotency::store::RedisStore;
 use tower_idempotency::{DetachedTasks, IdempotencyLayer};
 
-use support::redis::RedisServer;
+use common::redis::RedisServer;
 
 /// App instances, each with its own connection to the one server.
 const INSTANCES: usize = 3;

@@ -5,7 +5,7 @@
 //! Single-node tests use the shared server at `REDIS_URL`, each under a prefix of its own; the
 //! cluster and the tests that change the server's configuration start private servers.
 
-mod support;
+mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use tower_idempotency::store::{
     Begin, Entry, OwnerToken, RedisStore, Store, StoreErrorKind, StoreKey,
 };
 
-use support::redis::{RedisCluster, RedisServer, shared_connection, unique_prefix};
+use common::redis::{RedisCluster, RedisServer, shared_connection, unique_prefix};
 
 /// Short enough that what the tests leave on the shared server goes away soon.
 const TTL: Duration = Duration::from_secs(60);

@@ -401,14 +401,20 @@ where
 }
 
 /// A connection to the Redis server at `REDIS_URL` (default `redis://127.0.0.1:6379`), or
-/// `None` after printing why the Redis benchmarks are skipped.
+/// `None` after printing why the Redis benchmarks are skipped. With `nodelay`, `TCP_NODELAY` is
+/// on, as the crate's docs advise; without, the driver's default (Nagle's algorithm on).
 #[cfg(feature = "redis")]
-pub(crate) fn redis_connection(rt: &Runtime) -> Option<redis::aio::MultiplexedConnection> {
+pub(crate) fn redis_connection(
+    rt: &Runtime,
+    nodelay: bool,
+) -> Option<redis::aio::MultiplexedConnection> {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let connect = {
         let url = url.clone();
         async move {
-            let client = redis::Client::open(url.as_str()).ok()?;
+            let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(nodelay);
+            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).ok()?;
+            let client = redis::Client::open(info.set_tcp_settings(tcp)).ok()?;
             let connect = client.get_multiplexed_async_connection();
             let mut connection = tokio::time::timeout(Duration::from_secs(2), connect)
                 .await

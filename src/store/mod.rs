@@ -46,7 +46,7 @@ pub use self::noop::NoOpStore;
 pub use self::owner_token::OwnerToken;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{ConfigReport, RedisStore};
+pub use self::redis::{ConfigReport, RedisPushWaits, RedisStore};
 pub use self::store_key::StoreKey;
 
 /// What [`Store::begin`] found.

@@ -3,6 +3,10 @@
 //! injects faults.
 #![allow(dead_code)]
 
+pub(crate) mod drop_probe;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Debug;

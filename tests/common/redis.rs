@@ -94,8 +94,7 @@ impl RedisServer {
 
     /// A new multiplexed connection with the driver's default timeouts.
     pub(crate) async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
+        client(&self.url())
             .get_multiplexed_async_connection()
             .await
             .expect("connect to the test server")
@@ -108,8 +107,7 @@ impl RedisServer {
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_millis(200))
             .set_response_timeout(None);
-        redis::Client::open(self.url())
-            .unwrap()
+        client(&self.url())
             .get_connection_manager_with_config(config)
             .await
             .expect("connect to the test server")
@@ -213,10 +211,16 @@ impl Drop for RedisServer {
     }
 }
 
+/// The server binary private servers run: `TEST_REDIS_SERVER` (e.g. the `valkey-server` that
+/// `.ci/services/valkey.sh` exports as `VALKEY_SERVER`), by default `redis-server`.
+pub(crate) fn server_binary() -> String {
+    std::env::var("TEST_REDIS_SERVER").unwrap_or_else(|_| String::from("redis-server"))
+}
+
 /// Spawns `redis-server` on `port` and waits until it answers; `None` when it exited or did not
 /// answer in time (then it is killed).
 fn spawn(port: u16, cluster_port: Option<u16>, dir: &Path, args: &[String]) -> Option<Child> {
-    let mut cmd = Command::new("redis-server");
+    let mut cmd = Command::new(server_binary());
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .arg("--dir")
@@ -332,18 +336,37 @@ impl RedisCluster {
         self.nodes[i].kill();
     }
 
+    /// A cluster client builder on the nodes, with `TCP_NODELAY` as the crate's docs advise.
+    pub(crate) fn client_builder(&self) -> redis::cluster::ClusterClientBuilder {
+        redis::cluster::ClusterClientBuilder::new(self.urls()).tcp_settings(nodelay())
+    }
+
     pub(crate) fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
     /// A new cluster connection with the driver's default settings.
     pub(crate) async fn connection(&self) -> redis::cluster_async::ClusterConnection {
-        redis::cluster::ClusterClient::new(self.urls())
+        self.client_builder()
+            .build()
             .unwrap()
             .get_async_connection()
             .await
             .expect("connect to the test cluster")
     }
+}
+
+/// `TCP_NODELAY` on, as the crate's docs advise: the `redis` crate leaves Nagle's algorithm on.
+pub(crate) fn nodelay() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
+/// A client for `url` (`?protocol=resp3` allowed) with [`nodelay`].
+pub(crate) fn client(url: &str) -> redis::Client {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .unwrap_or_else(|e| panic!("a valid redis URL {url}: {e}"))
+        .set_tcp_settings(nodelay());
+    redis::Client::open(info).expect("a client")
 }
 
 /// The shared server tests may use: `REDIS_URL`, by default `redis://127.0.0.1:6379`. Tests on it
@@ -354,8 +377,7 @@ pub(crate) fn shared_url() -> String {
 
 /// A new multiplexed connection to the shared server.
 pub(crate) async fn shared_connection() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(shared_url())
-        .expect("a valid REDIS_URL")
+    client(&shared_url())
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("connect to {} (set REDIS_URL): {e}", shared_url()))
@@ -363,8 +385,7 @@ pub(crate) async fn shared_connection() -> redis::aio::MultiplexedConnection {
 
 /// A new connection manager on the shared server.
 pub(crate) async fn shared_connection_manager() -> redis::aio::ConnectionManager {
-    redis::Client::open(shared_url())
-        .expect("a valid REDIS_URL")
+    client(&shared_url())
         .get_connection_manager()
         .await
         .unwrap_or_else(|e| panic!("connect to {} (set REDIS_URL): {e}", shared_url()))

@@ -1,0 +1,86 @@
+//! The Lua scripts of the owner-checked operations, for servers without fenced commands.
+
+use std::sync::LazyLock;
+
+use ::redis::aio::ConnectionLike;
+use ::redis::{Script, Value};
+
+use super::RedisStore;
+use super::errors::{map_error, unexpected_reply};
+use crate::store::{OwnerToken, StoreError, StoreErrorKind, StoreKey};
+
+/// `complete`. KEYS[1] the record; ARGV[1] token, ARGV[2] record, ARGV[3] retention ms.
+/// Stores the record when the token holds the claim or the key is free (its claim expired and
+/// nobody claimed it since). Returns 1 when the record is stored (now or by an earlier call of
+/// the same token), else 0.
+pub(super) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local head = redis.call('GETRANGE', KEYS[1], 0, 17)
+if head == '\1\1' .. ARGV[1] or head == '' then
+  redis.call('SET', KEYS[1], '\1\2' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+if head == '\1\2' .. ARGV[1] then
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// `release`. KEYS[1] the record; ARGV[1] token. Returns 1 when the claim was dropped, else 0.
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GETRANGE', KEYS[1], 0, 17) == '\1\1' .. ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+",
+    )
+});
+
+/// `renew`. KEYS[1] the record; ARGV[1] token, ARGV[2] lease ms. Returns 1 when renewed, else 0.
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GETRANGE', KEYS[1], 0, 17) == '\1\1' .. ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+",
+    )
+});
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Runs `script` on `key` with `token` and `args`: `1` is done, `0` is not the owner.
+    pub(super) async fn owner_checked(
+        &self,
+        script: &Script,
+        key: &StoreKey,
+        token: OwnerToken,
+        args: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        let mut invocation = script.key(self.redis_key(key));
+        invocation.arg(&token.to_bytes()[..]);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut connection = self.connection.clone();
+        let reply: Value = invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(map_error)?;
+        match reply {
+            Value::Int(1) => Ok(()),
+            Value::Int(0) => Err(StoreError::new(StoreErrorKind::NotOwner)),
+            other => Err(unexpected_reply(&other)),
+        }
+    }
+}
