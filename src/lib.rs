@@ -109,6 +109,7 @@
 //! | --- | --- | --- |
 //! | `memory` | yes | [`store::MemoryStore`], the embedded, bounded, sharded store |
 //! | `redis` | no | `store::RedisStore`, for many instances over Redis or Redis Cluster |
+//! | `postgres` | no | `store::PostgresStore` over sqlx, with exactly-once effects for handlers that write to the same database |
 //! | `test-util` | no | `conformance`, the store-conformance suite for your own stores |
 //!
 //! # Dependencies
@@ -118,7 +119,7 @@
 //! fingerprints and store keys; `tokio` provides timers, tasks and `Notify`; `tokio-util`'s
 //! `TaskTracker` drains detached handlers; `futures-util` catches handler panics;
 //! `pin-project-lite` pins the public future and bodies; `getrandom` seeds owner tokens;
-//! `tracing` logs; `redis` (optional) talks to Redis.
+//! `tracing` logs; `redis` (optional) talks to Redis; `sqlx` (optional) talks to PostgreSQL.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;

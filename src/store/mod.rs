@@ -38,9 +38,16 @@ pub use crate::record::{DecodeError, Record};
 #[cfg(feature = "memory")]
 mod memory;
 mod noop;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::postgres::{
+    InvalidTableName, PostgresConfigError, PostgresStore, PostgresStoreBuilder,
+};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{ConfigReport, RedisStore};

@@ -3,6 +3,9 @@
 //! injects faults.
 #![allow(dead_code)]
 
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Debug;
