@@ -143,11 +143,16 @@ impl PgServer {
         server
     }
 
-    /// Starts the server (again) on a new free port; waits until it accepts connections.
+    /// Starts the server (again), on its port when it had one (so that pools reconnect to it),
+    /// else on a free port; waits until it accepts connections.
     pub(crate) fn restart(&mut self) {
         assert!(self.pid.is_none(), "the server is running");
-        for _ in 0..5 {
-            let port = free_port();
+        for attempt in 0..5 {
+            let port = if self.port != 0 && attempt < 3 {
+                self.port
+            } else {
+                free_port()
+            };
             let options = format!(
                 "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=200 -c fsync=off",
                 self.dir.display()
