@@ -106,7 +106,8 @@ const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 ///     fingerprint bytea,                    -- the request's fingerprint, 32 bytes
 ///     lease_until timestamptz NOT NULL,     -- end of the owner's lease
 ///     expires_at  timestamptz NOT NULL,     -- the row counts as absent from then on
-///     record      bytea                     -- the encoded response; NULL: not stored
+///     record      bytea,                    -- the encoded response; NULL: not stored
+///     watched     boolean     NOT NULL DEFAULT false -- a duplicate waits: notify
 /// );
 /// CREATE INDEX IF NOT EXISTS "idempotency_expires_at" ON "idempotency" (expires_at);
 /// ```
@@ -125,9 +126,10 @@ const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 ///
 /// | operation | statement |
 /// | --- | --- |
-/// | `begin` | `INSERT … ON CONFLICT (key) DO UPDATE … WHERE <free or ours> RETURNING`, and in the same statement a `SELECT` of the row when the claim was refused (replay or in progress) |
-/// | `complete` | `UPDATE … WHERE token = $2 AND state <> 'completed'` + `pg_notify` in a CTE |
-/// | `release` | `DELETE … WHERE token = $2 AND state = 'claimed' AND lease_until > now()` + `pg_notify` |
+/// | `begin` | a `SELECT` of a live record (a replay: no lock, no write); else `INSERT … ON CONFLICT (key) DO UPDATE … WHERE <free or ours> RETURNING`, and the row as it is when the claim was refused (in progress) |
+/// | `complete` | `UPDATE … WHERE token = $2 AND state <> 'completed'` + `pg_notify` in a CTE when a duplicate waits |
+/// | `release` | `DELETE … WHERE token = $2 AND state = 'claimed' AND lease_until > now()` + `pg_notify` when a duplicate waits |
+/// | `wait` | `UPDATE … SET watched = true … RETURNING <lease left>` |
 /// | `renew` | `UPDATE … SET lease_until …` (owner checked) |
 /// | `get` | `SELECT … WHERE key = $1 AND expires_at > now()` |
 /// | `commit_in` | `UPDATE … SET state = 'committed' WHERE token = $2 AND state = 'claimed'`, in the handler's transaction |
@@ -164,9 +166,12 @@ const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 ///
 /// # Waiting
 ///
-/// [`Store::wait`] uses `LISTEN`/`NOTIFY`, not polling. `complete` and `release` call
-/// `pg_notify('<table name>', <hex key>)` in their own statement, so the notification goes out
-/// when their change commits. The first wait starts one listener task per store, which keeps
+/// [`Store::wait`] uses `LISTEN`/`NOTIFY`, not polling. A waiter marks the key `watched`; a
+/// `complete` or `release` of a watched key calls `pg_notify('<table name>', <hex key>)` in its
+/// own statement, so the notification goes out when its change commits. Keys nobody waits for
+/// send none: a transaction that notifies takes a cluster-wide lock at commit, which would
+/// serialise every `complete`. The row lock orders the mark and the end of the claim: either
+/// the ending statement sees the mark, or the waiter finds the key no longer in progress. The first wait starts one listener task per store, which keeps
 /// one connection of the pool in `LISTEN` and wakes the waiters of the named key. A waiter
 /// registers, then reads how much of the owner's lease is left, and sleeps until it is woken,
 /// its timeout passes, or the lease runs out (a dead owner sends no notification). While the
@@ -695,6 +700,20 @@ fn map_error(e: sqlx::Error) -> StoreError {
     };
     StoreError::with_source(kind, e)
 }
+
+// The futures of every public operation are `Send`, so they run in `tokio::spawn` and in axum
+// handlers; this fails to compile if one is not.
+const _: fn() = || {
+    fn assert_send<T: Send>(_: T) {}
+    fn check(store: PostgresStore, conn: &mut PgConnection, claim: crate::IdempotencyClaim) {
+        assert_send(async move {
+            let _ = store.migrate().await;
+            let _ = store.sweep().await;
+            let _ = claim.commit_in(conn, &store).await;
+        });
+    }
+    let _ = check;
+};
 
 #[cfg(test)]
 mod tests {

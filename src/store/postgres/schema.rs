@@ -60,7 +60,8 @@ impl Table {
                  fingerprint bytea,                    -- the request's fingerprint, 32 bytes\n    \
                  lease_until timestamptz NOT NULL,     -- end of the owner's lease\n    \
                  expires_at  timestamptz NOT NULL,     -- the row counts as absent from then on\n    \
-                 record      bytea                     -- the encoded response; NULL: not stored\n\
+                 record      bytea,                    -- the encoded response; NULL: not stored\n    \
+                 watched     boolean     NOT NULL DEFAULT false -- a duplicate waits: notify\n\
              );\n\
              CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at);\n"
         )
@@ -106,17 +107,18 @@ impl PostgresStore {
     /// instance at startup (concurrent calls are serialised by a transaction-scoped advisory
     /// lock). It never alters an existing table.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.inner.pool.begin().await.map_err(map_error)?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-            .bind(format!("tower-idempotency:{}", self.inner.table.name()))
-            .execute(&mut *tx)
+        // One simple-query message: PostgreSQL runs it as one implicit transaction, so the
+        // advisory lock is held until the tables exist. The name is a validated identifier.
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock(hashtext('tower-idempotency:{}'));\n{}",
+            self.inner.table.name(),
+            self.inner.table.create_sql()
+        );
+        sqlx::raw_sql(&sql)
+            .execute(&self.inner.pool)
             .await
             .map_err(map_error)?;
-        sqlx::raw_sql(&self.inner.table.create_sql())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_error)?;
-        tx.commit().await.map_err(map_error)
+        Ok(())
     }
 }
 

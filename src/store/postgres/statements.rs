@@ -25,21 +25,27 @@ impl Statements {
         Self {
             // $1 key, $2 token, $3 fingerprint, $4 lease (µs).
             //
-            // The upsert claims the key when it is free (no row, or an expired one) or already
-            // claimed by this token (a re-sent begin). ON CONFLICT locks the row and judges its
+            // A live record is read and returned as it is (records never change before they
+            // expire), without touching the row: a replay takes no lock and writes nothing.
+            // Otherwise the upsert claims the key when it is free (no row, or an expired one) or
+            // already claimed by this token (a re-sent begin). ON CONFLICT locks the row and judges its
             // *latest* version, so two begins on many connections never both win. When the claim
             // is refused, the second branch reads the row as the statement's snapshot saw it: at
             // READ COMMITTED that snapshot may predate a claim that a concurrent transaction
             // committed while this statement waited for its lock, and then reads as missing or
             // free; the store sends the statement again (see `PostgresStore::begin`).
             begin: format!(
-                "WITH claimed AS ( \
+                "WITH done AS ( \
+                   SELECT state, token, fingerprint, lease_until > now() AS live, record \
+                   FROM {t} WHERE key = $1 AND state = 'completed' AND expires_at > now() \
+                 ), claimed AS ( \
                    INSERT INTO {t} AS r (key, state, token, fingerprint, lease_until, expires_at, record) \
-                   VALUES ($1, 'claimed', $2, $3, now() + $4 * interval '1 microsecond', \
-                           now() + $4 * interval '1 microsecond', NULL) \
+                   SELECT $1, 'claimed', $2, $3, now() + $4 * interval '1 microsecond', \
+                          now() + $4 * interval '1 microsecond', NULL \
+                   WHERE NOT EXISTS (SELECT 1 FROM done) \
                    ON CONFLICT (key) DO UPDATE SET state = 'claimed', token = excluded.token, \
                      fingerprint = excluded.fingerprint, lease_until = excluded.lease_until, \
-                     expires_at = excluded.expires_at, record = NULL \
+                     expires_at = excluded.expires_at, record = NULL, watched = false \
                    WHERE r.expires_at <= now() OR (r.state = 'claimed' AND r.token = excluded.token) \
                    RETURNING 1 \
                  ) \
@@ -48,8 +54,11 @@ impl Statements {
                         NULL::bool AS alive \
                    FROM claimed \
                  UNION ALL \
+                 SELECT false, state, token, fingerprint, live, record, true FROM done \
+                 UNION ALL \
                  SELECT false, state, token, fingerprint, lease_until > now(), record, expires_at > now() \
-                   FROM {t} WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)"
+                   FROM {t} WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM claimed) \
+                   AND NOT EXISTS (SELECT 1 FROM done)"
             ),
             // $1 key, $2 token, $3 record, $4 retention (µs), $5 channel.
             //
@@ -61,11 +70,12 @@ impl Statements {
                    UPDATE {t} SET state = 'completed', record = $3, lease_until = now(), \
                      expires_at = now() + $4 * interval '1 microsecond' \
                    WHERE key = $1 AND token = $2 AND state <> 'completed' \
-                   RETURNING key \
-                 ), woken AS (SELECT pg_notify($5, encode(key, 'hex')) FROM done) \
-                 SELECT (SELECT count(*) FROM woken) AS landed, \
+                   RETURNING key, watched \
+                 ), woken AS (SELECT pg_notify($5, encode(key, 'hex')) FROM done WHERE watched) \
+                 SELECT (SELECT count(*) FROM done) AS landed, \
                         EXISTS (SELECT 1 FROM {t} WHERE key = $1 AND token = $2 \
-                                AND state = 'completed') AS already"
+                                AND state = 'completed') AS already, \
+                        (SELECT count(*) FROM woken) AS woken"
             ),
             // $1 key, $2 token, $3 channel.
             //
@@ -75,13 +85,15 @@ impl Statements {
             release: format!(
                 "WITH freed AS ( \
                    DELETE FROM {t} WHERE key = $1 AND token = $2 AND state = 'claimed' \
-                     AND lease_until > now() RETURNING key \
+                     AND lease_until > now() RETURNING key, watched \
                  ), settled AS ( \
                    UPDATE {t} SET state = 'completed', record = NULL, lease_until = now() \
-                   WHERE key = $1 AND token = $2 AND state = 'committed' RETURNING key \
+                   WHERE key = $1 AND token = $2 AND state = 'committed' RETURNING key, watched \
                  ), woken AS ( \
                    SELECT pg_notify($3, encode(key, 'hex')) \
-                   FROM (SELECT key FROM freed UNION ALL SELECT key FROM settled) AS ended \
+                   FROM (SELECT key, watched FROM freed \
+                         UNION ALL SELECT key, watched FROM settled) AS ended \
+                   WHERE watched \
                  ) \
                  SELECT (SELECT count(*) FROM freed) AS freed, \
                         (SELECT count(*) FROM woken) AS woken"
@@ -100,11 +112,15 @@ impl Statements {
                 "SELECT state, token, fingerprint, lease_until > now() AS live, record \
                  FROM {t} WHERE key = $1 AND expires_at > now()"
             ),
-            // $1 key. The lease left (µs) while the key is in progress; no row otherwise.
+            // $1 key. Marks the key watched while it is in progress, so that its `complete` or
+            // `release` notifies, and returns the lease left (µs); no row otherwise. The row lock
+            // orders it with those statements: either they see the mark, or this finds the key
+            // no longer in progress.
             lease_left: format!(
-                "SELECT (extract(epoch FROM lease_until - now()) * 1000000)::int8 \
-                 FROM {t} WHERE key = $1 AND state IN ('claimed', 'committed') \
-                   AND lease_until > now() AND expires_at > now()"
+                "UPDATE {t} SET watched = true WHERE key = $1 \
+                   AND state IN ('claimed', 'committed') AND lease_until > now() \
+                   AND expires_at > now() \
+                 RETURNING (extract(epoch FROM lease_until - now()) * 1000000)::int8"
             ),
             // $1 key, $2 token, $3 retention (µs). Runs inside the handler's transaction, whose
             // `now()` is its start: `clock_timestamp()` is the time of this statement. The row
