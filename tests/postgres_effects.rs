@@ -212,12 +212,22 @@ async fn writes_are_committed_if_and_only_if_the_key_is_marked_done() {
     }
 }
 
-/// A `PostgresStore` that cannot renew leases, as when the owner's process stalls (a long GC
-/// pause, a stopped container) while its handler holds a transaction open.
-#[derive(Clone)]
-struct Stalled(PostgresStore);
+/// A fault of the app process around a real `PostgresStore`.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// The process stalls (a long GC pause, a stopped container) while its handler holds a
+    /// transaction open: its leases are no longer renewed.
+    Stalls,
+    /// The process dies right after the handler's commit, before it records the response: its
+    /// `complete` never lands.
+    DiesBeforeRecording,
+}
 
-impl Store for Stalled {
+/// `PostgresStore` as a process with `fault` sees it.
+#[derive(Clone)]
+struct Faulty(PostgresStore, Fault);
+
+impl Store for Faulty {
     async fn begin(
         &self,
         key: &StoreKey,
@@ -227,13 +237,11 @@ impl Store for Stalled {
     ) -> Result<Begin, StoreError> {
         self.0.begin(key, fingerprint, token, lease).await
     }
-    async fn complete(
-        &self,
-        key: &StoreKey,
-        token: OwnerToken,
-        record: &Record,
-    ) -> Result<(), StoreError> {
-        self.0.complete(key, token, record).await
+    async fn complete(&self, k: &StoreKey, t: OwnerToken, r: &Record) -> Result<(), StoreError> {
+        if self.1 == Fault::DiesBeforeRecording {
+            return Err(StoreError::new(StoreErrorKind::Other));
+        }
+        self.0.complete(k, t, r).await
     }
     async fn get(&self, key: &StoreKey) -> Result<Option<Entry>, StoreError> {
         self.0.get(key).await
@@ -241,8 +249,11 @@ impl Store for Stalled {
     async fn release(&self, key: &StoreKey, token: OwnerToken) -> Result<(), StoreError> {
         self.0.release(key, token).await
     }
-    async fn renew(&self, _: &StoreKey, _: OwnerToken, _: Duration) -> Result<(), StoreError> {
-        Err(StoreError::new(StoreErrorKind::Unavailable))
+    async fn renew(&self, k: &StoreKey, t: OwnerToken, l: Duration) -> Result<(), StoreError> {
+        if self.1 == Fault::Stalls {
+            return Err(StoreError::new(StoreErrorKind::Unavailable));
+        }
+        self.0.renew(k, t, l).await
     }
 }
 
@@ -255,7 +266,8 @@ async fn a_handler_whose_lease_was_taken_over_cannot_commit() {
     let app = app("takeover").await;
     let stalled = router(
         &app,
-        IdempotencyLayer::new(Stalled(app.store.clone())).lease(Duration::from_millis(300)),
+        IdempotencyLayer::new(Faulty(app.store.clone(), Fault::Stalls))
+            .lease(Duration::from_millis(300)),
     );
     let healthy = router(&app, IdempotencyLayer::new(app.store.clone()));
     let key = format!("takeover-{}", OwnerToken::generate());
@@ -342,35 +354,6 @@ async fn duplicates_get_409_or_wait_then_the_replay() {
     }
 }
 
-/// A `PostgresStore` whose `complete` never lands, as when the process dies right after the
-/// handler's commit, before it records the response.
-#[derive(Clone)]
-struct DiesBeforeRecording(PostgresStore);
-
-impl Store for DiesBeforeRecording {
-    async fn begin(
-        &self,
-        key: &StoreKey,
-        fingerprint: Option<&tower_idempotency::store::Fingerprint>,
-        token: OwnerToken,
-        lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        self.0.begin(key, fingerprint, token, lease).await
-    }
-    async fn complete(&self, _: &StoreKey, _: OwnerToken, _: &Record) -> Result<(), StoreError> {
-        Err(StoreError::new(StoreErrorKind::Other))
-    }
-    async fn get(&self, key: &StoreKey) -> Result<Option<Entry>, StoreError> {
-        self.0.get(key).await
-    }
-    async fn release(&self, key: &StoreKey, token: OwnerToken) -> Result<(), StoreError> {
-        self.0.release(key, token).await
-    }
-    async fn renew(&self, k: &StoreKey, t: OwnerToken, l: Duration) -> Result<(), StoreError> {
-        self.0.renew(k, t, l).await
-    }
-}
-
 /// Effects committed, response never recorded: while the dead owner's lease lasts a retry gets
 /// `409` in progress, afterwards the "response not stored" problem; it never runs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +362,7 @@ async fn committed_effects_without_a_record_are_never_run_again() {
     let lease = Duration::from_millis(500);
     let dying = router(
         &app,
-        IdempotencyLayer::new(DiesBeforeRecording(app.store.clone())).lease(lease),
+        IdempotencyLayer::new(Faulty(app.store.clone(), Fault::DiesBeforeRecording)).lease(lease),
     );
     let healthy = router(&app, IdempotencyLayer::new(app.store.clone()));
     let key = format!("norecord-{}", OwnerToken::generate());
