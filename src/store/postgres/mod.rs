@@ -590,11 +590,15 @@ impl Store for PostgresStore {
         let notified = registration.notify().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let left: Option<i64> = sqlx::query_scalar(&inner.statements.lease_left)
+        let watch = sqlx::query_scalar(&inner.statements.lease_left)
             .bind(&key.digest()[..])
-            .fetch_optional(&inner.pool)
-            .await
-            .map_err(map_error)?;
+            .fetch_optional(&inner.pool);
+        // The mark waits for the row lock, which a handler's transaction holds from its
+        // `commit_in` to its commit: the wait's own timeout bounds that too.
+        let Ok(left) = tokio::time::timeout_at(deadline, watch).await else {
+            return Ok(());
+        };
+        let left: Option<i64> = left.map_err(map_error)?;
         let Some(left) = left else {
             // Not in progress (any more).
             return Ok(());
