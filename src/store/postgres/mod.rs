@@ -142,9 +142,9 @@ const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 /// again (a new snapshot sees the claim): one round trip, two in that race.
 ///
 /// **`complete`** lands when the row still carries the token and is not completed: the live
-/// claim, a claim whose lease ran out while nobody claimed the key since (so a store outage
-/// shorter than the retention never makes a completed request run again), or a key whose
-/// effects the token committed. A `complete` re-sent by the same token succeeds and keeps the
+/// claim, a claim whose lease ran out while nobody claimed the key since (until the sweep
+/// deletes that row, a minute after the lease at the earliest: a `complete` delayed by a short
+/// store outage still lands), or a key whose effects the token committed. A `complete` re-sent by the same token succeeds and keeps the
 /// first record. It fails with [`StoreErrorKind::NotOwner`] when another owner holds the key or
 /// a record from another token is there. **`release` and `renew`** are strictly owner checked
 /// (a live claim of this token). A `release` of a key whose effects are committed does not free
@@ -171,10 +171,12 @@ const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 /// own statement, so the notification goes out when its change commits. Keys nobody waits for
 /// send none: a transaction that notifies takes a cluster-wide lock at commit, which would
 /// serialise every `complete`. The row lock orders the mark and the end of the claim: either
-/// the ending statement sees the mark, or the waiter finds the key no longer in progress. The first wait starts one listener task per store, which keeps
-/// one connection of the pool in `LISTEN` and wakes the waiters of the named key. A waiter
-/// registers, then reads how much of the owner's lease is left, and sleeps until it is woken,
-/// its timeout passes, or the lease runs out (a dead owner sends no notification). While the
+/// the ending statement sees the mark, or the waiter finds the key no longer in progress.
+///
+/// The first wait starts one listener task per store, which keeps one connection of the pool
+/// in `LISTEN` and wakes the waiters of the named key. A waiter registers, then marks the key
+/// and reads how much of the owner's lease is left, and sleeps until it is woken, its timeout
+/// passes, or the lease runs out (a dead owner sends no notification). While the
 /// listener is not connected (at start, after a broken connection) waiters look again every
 /// [poll interval](PostgresStoreBuilder::poll_interval); whenever it reconnects it wakes every
 /// waiter, since notifications sent meanwhile were lost.
