@@ -185,8 +185,10 @@ const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 ///
 /// The layer bounds every store call with its
 /// [`store_timeout`](crate::IdempotencyLayer::store_timeout); a statement whose caller gave up
-/// may still run, as with Redis. sqlx's pool waits up to its `acquire_timeout` for a
-/// connection; keep it at or below the layer's timeout so that the layer decides. Errors:
+/// may still run, as with Redis. sqlx's pool waits up to its `acquire_timeout` (30 s by
+/// default) for a free connection, longer than the layer's timeout, so the layer decides; a
+/// shorter one fails busy moments earlier, as `Unavailable`. Size the pool for the requests in
+/// flight plus one connection for the listener. Errors:
 ///
 /// | sqlx error | [`StoreErrorKind`] |
 /// | --- | --- |
