@@ -200,6 +200,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `redis` | no | `store::RedisStore`, for many instances over Redis or Redis Cluster |
+//! | `postgres` | no | `store::PostgresStore` over sqlx, with exactly-once effects for handlers that write to the same database |
 //! | `test-util` | no | `conformance`, the store-conformance suite for your own stores |
 //! | `client` | no | `client`, the outbound layer that gives requests a key and retries them with it |
 //!
@@ -212,7 +213,7 @@
 //! `TaskTracker` drains detached handlers; `futures-util` catches handler panics;
 //! `pin-project-lite` pins the public future and bodies; `getrandom` seeds owner tokens (and the
 //! client layer's keys and jitter);
-//! `tracing` logs; `redis` (optional) talks to Redis; `tower` (optional, `client`) gives the
+//! `tracing` logs; `redis` (optional) talks to Redis; `sqlx` (optional) talks to PostgreSQL; `tower` (optional, `client`) gives the
 //! client layer its retry budget and backoff, `httpdate` (optional, `client`) reads
 //! `Retry-After` dates and `serde_json` (optional, `client`) a problem's `type`.
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -5,10 +5,10 @@
 //! The server counts its executions itself, per key, and answers what each one produced, so
 //! the tests see both sides: how often the handler ran, and what the client got.
 
-#[path = "../examples/support/flaky_proxy.rs"]
-mod flaky_proxy;
 #[cfg(feature = "redis")]
 mod common;
+#[path = "../examples/support/flaky_proxy.rs"]
+mod flaky_proxy;
 
 use std::collections::HashMap;
 use std::future::Future;

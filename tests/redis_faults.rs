@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+use tower_idempotency::fingerprint::Fingerprint;
 use tower_idempotency::record::Record;
 use tower_idempotency::record::StoredResponse;
 use tower_idempotency::store::{

@@ -36,6 +36,8 @@ mod boxed;
 mod memory;
 mod noop;
 mod owner_token;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 mod store_key;
@@ -44,6 +46,11 @@ pub use self::boxed::BoxStore;
 pub use self::memory::{MemoryStore, MemoryStoreBuilder};
 pub use self::noop::NoOpStore;
 pub use self::owner_token::OwnerToken;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::postgres::{
+    InvalidTableName, PostgresConfigError, PostgresStore, PostgresStoreBuilder,
+};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{ConfigReport, RedisPushWaits, RedisStore};

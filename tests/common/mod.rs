@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub(crate) mod drop_probe;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 

@@ -208,7 +208,7 @@ where
     /// owner claimed the key in between.
     async fn complete_free_key(
         &self,
-        redis_key: &[u8],
+        redis_key: &str,
         value: &[u8],
         px: u64,
     ) -> Result<(), StoreError> {

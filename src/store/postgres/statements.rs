@@ -1,0 +1,143 @@
+//! The SQL of each operation, built once per store for its table and notification channel.
+//!
+//! Every operation is one statement. Times are the database's (`now()`, the statement's start
+//! in autocommit), so the app servers' clocks do not matter; durations are sent as
+//! microseconds (`$n * interval '1 microsecond'`).
+
+use super::schema::Table;
+
+/// The statements of one store.
+#[derive(Debug)]
+pub(super) struct Statements {
+    pub(super) begin: String,
+    pub(super) complete: String,
+    pub(super) release: String,
+    pub(super) renew: String,
+    pub(super) get: String,
+    pub(super) lease_left: String,
+    pub(super) commit_in: String,
+    pub(super) sweep: String,
+}
+
+impl Statements {
+    pub(super) fn new(table: &Table) -> Self {
+        let t = table.quoted();
+        Self {
+            // $1 key, $2 token, $3 fingerprint, $4 lease (µs).
+            //
+            // A live record is read and returned as it is (records never change before they
+            // expire), without touching the row: a replay takes no lock and writes nothing.
+            // Otherwise the upsert claims the key when it is free (no row, or an expired one) or
+            // already claimed by this token (a re-sent begin). ON CONFLICT locks the row and judges its
+            // *latest* version, so two begins on many connections never both win. When the claim
+            // is refused, the second branch reads the row as the statement's snapshot saw it: at
+            // READ COMMITTED that snapshot may predate a claim that a concurrent transaction
+            // committed while this statement waited for its lock, and then reads as missing or
+            // free; the store sends the statement again (see `PostgresStore::begin`).
+            begin: format!(
+                "WITH done AS ( \
+                   SELECT state, token, fingerprint, lease_until > now() AS live, record \
+                   FROM {t} WHERE key = $1 AND state = 'completed' AND expires_at > now() \
+                 ), claimed AS ( \
+                   INSERT INTO {t} AS r (key, state, token, fingerprint, lease_until, expires_at, record) \
+                   SELECT $1, 'claimed', $2, $3, now() + $4 * interval '1 microsecond', \
+                          now() + $4 * interval '1 microsecond', NULL \
+                   WHERE NOT EXISTS (SELECT 1 FROM done) \
+                   ON CONFLICT (key) DO UPDATE SET state = 'claimed', token = excluded.token, \
+                     fingerprint = excluded.fingerprint, lease_until = excluded.lease_until, \
+                     expires_at = excluded.expires_at, record = NULL, watched = false \
+                   WHERE r.expires_at <= now() OR (r.state = 'claimed' AND r.token = excluded.token) \
+                   RETURNING 1 \
+                 ) \
+                 SELECT true AS new, NULL::text AS state, NULL::bytea AS token, \
+                        NULL::bytea AS fingerprint, NULL::bool AS live, NULL::bytea AS record, \
+                        NULL::bool AS alive \
+                   FROM claimed \
+                 UNION ALL \
+                 SELECT false, state, token, fingerprint, live, record, true FROM done \
+                 UNION ALL \
+                 SELECT false, state, token, fingerprint, lease_until > now(), record, expires_at > now() \
+                   FROM {t} WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM claimed) \
+                   AND NOT EXISTS (SELECT 1 FROM done)"
+            ),
+            // $1 key, $2 token, $3 record, $4 retention (µs), $5 channel.
+            //
+            // Lands where the row still carries this token and is not completed: a live claim,
+            // a claim whose lease ran out with nobody claiming the key since, or a key whose
+            // effects this token committed. `already` recognises a re-sent complete.
+            complete: format!(
+                "WITH done AS ( \
+                   UPDATE {t} SET state = 'completed', record = $3, lease_until = now(), \
+                     expires_at = now() + $4 * interval '1 microsecond' \
+                   WHERE key = $1 AND token = $2 AND state <> 'completed' \
+                   RETURNING key, watched \
+                 ), woken AS (SELECT pg_notify($5, encode(key, 'hex')) FROM done WHERE watched) \
+                 SELECT (SELECT count(*) FROM done) AS landed, \
+                        EXISTS (SELECT 1 FROM {t} WHERE key = $1 AND token = $2 \
+                                AND state = 'completed') AS already, \
+                        (SELECT count(*) FROM woken) AS woken"
+            ),
+            // $1 key, $2 token, $3 channel.
+            //
+            // Frees a live claim of this token. A key whose effects this token committed is not
+            // freed: it becomes "completed, response not stored" at once, so that duplicates
+            // stop waiting for it.
+            release: format!(
+                "WITH freed AS ( \
+                   DELETE FROM {t} WHERE key = $1 AND token = $2 AND state = 'claimed' \
+                     AND lease_until > now() RETURNING key, watched \
+                 ), settled AS ( \
+                   UPDATE {t} SET state = 'completed', record = NULL, lease_until = now() \
+                   WHERE key = $1 AND token = $2 AND state = 'committed' RETURNING key, watched \
+                 ), woken AS ( \
+                   SELECT pg_notify($3, encode(key, 'hex')) \
+                   FROM (SELECT key, watched FROM freed \
+                         UNION ALL SELECT key, watched FROM settled) AS ended \
+                   WHERE watched \
+                 ) \
+                 SELECT (SELECT count(*) FROM freed) AS freed, \
+                        (SELECT count(*) FROM woken) AS woken"
+            ),
+            // $1 key, $2 token, $3 lease (µs). A claim's row expires with its lease; a key whose
+            // effects are committed keeps its retention.
+            renew: format!(
+                "UPDATE {t} SET lease_until = now() + $3 * interval '1 microsecond', \
+                   expires_at = CASE WHEN state = 'claimed' \
+                     THEN now() + $3 * interval '1 microsecond' ELSE expires_at END \
+                 WHERE key = $1 AND token = $2 AND state IN ('claimed', 'committed') \
+                   AND lease_until > now()"
+            ),
+            // $1 key.
+            get: format!(
+                "SELECT state, token, fingerprint, lease_until > now() AS live, record \
+                 FROM {t} WHERE key = $1 AND expires_at > now()"
+            ),
+            // $1 key. Marks the key watched while it is in progress, so that its `complete` or
+            // `release` notifies, and returns the lease left (µs); no row otherwise. The row lock
+            // orders it with those statements: either they see the mark, or this finds the key
+            // no longer in progress.
+            lease_left: format!(
+                "UPDATE {t} SET watched = true WHERE key = $1 \
+                   AND state IN ('claimed', 'committed') AND lease_until > now() \
+                   AND expires_at > now() \
+                 RETURNING (extract(epoch FROM lease_until - now()) * 1000000)::int8"
+            ),
+            // $1 key, $2 token, $3 retention (µs). Runs inside the handler's transaction, whose
+            // `now()` is its start: `clock_timestamp()` is the time of this statement. The row
+            // lock it takes is held until the transaction ends, so no `begin` can take the key
+            // over between this statement and the commit.
+            commit_in: format!(
+                "UPDATE {t} SET state = 'committed', \
+                   expires_at = clock_timestamp() + $3 * interval '1 microsecond' \
+                 WHERE key = $1 AND token = $2 AND state = 'claimed'"
+            ),
+            // $1 batch size, $2 grace (µs). Rows are locked with SKIP LOCKED, so sweeps of many
+            // instances take different rows and never wait for a request's row.
+            sweep: format!(
+                "DELETE FROM {t} WHERE key IN ( \
+                   SELECT key FROM {t} WHERE expires_at < now() - $2 * interval '1 microsecond' \
+                   ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            ),
+        }
+    }
+}
