@@ -13,7 +13,8 @@ use common::{Key, Load, Ratio, Target};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use tower_idempotency::fingerprint::Fingerprint;
-use tower_idempotency::key::{StoreKey, parse_key};
+use tower_idempotency::key::parse_key;
+use tower_idempotency::store::StoreKey;
 
 const SIZES: [(&str, usize); 3] = [("256B", 256), ("64KiB", 64 * 1024), ("1MiB", 1024 * 1024)];
 
