@@ -24,8 +24,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::runtime::Runtime;
 use tower_idempotency::fingerprint::Fingerprint;
-use tower_idempotency::record::Record;
-use tower_idempotency::record::StoredResponse;
+use tower_idempotency::record::{Record, StoredResponse};
 use tower_idempotency::store::{Begin, OwnerToken, RedisStore, Store, StoreKey};
 
 const CONCURRENCY: [u64; 3] = [1, 8, 64];

@@ -1,7 +1,7 @@
 //! A tonic gRPC server whose `CreateOrder` runs at most once per idempotency key.
 //!
 //! ```text
-//! cargo run --example tonic_server            # listens on 127.0.0.1:50051 (PORT overrides)
+//! cargo run -p example-grpc            # listens on 127.0.0.1:50051 (PORT overrides)
 //! ```
 //!
 //! Every call makes an order with a fresh id, so a retried call would make a second order. The
@@ -11,7 +11,8 @@
 //! release the key instead. The layer's own answers (a duplicate in flight, a reused key, the
 //! store down) reach the client as gRPC statuses: `ABORTED`, `FAILED_PRECONDITION`, `UNAVAILABLE`.
 //!
-//! `tests/grpc.rs` runs the same service over a real socket.
+//! `tests/grpc.rs` runs the same service over a real socket (`cargo test -p example-grpc`). The
+//! example is a package of its own, so that tonic and prost are built only for it.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,12 +22,8 @@ use tonic::{Request, Response, Status};
 use tower_idempotency::IdempotencyLayer;
 use tower_idempotency::store::MemoryStore;
 
-#[path = "grpc/orders.rs"]
-#[allow(unreachable_pub)]
-mod orders;
-
-use orders::orders_server::{Orders, OrdersServer};
-use orders::{CreateOrderRequest, Order};
+use example_grpc::orders::orders_server::{Orders, OrdersServer};
+use example_grpc::orders::{CreateOrderRequest, Order};
 
 /// Makes orders, each with a new id.
 #[derive(Debug, Default)]
@@ -67,7 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
          {addr} orders.v1.Orders/CreateOrder"
     );
     println!("  (the second call answers with the same order id; \"quantity\":0 replays an error)");
-    println!("tests: cargo test --test grpc");
+    println!("tests: cargo test -p example-grpc");
 
     Server::builder()
         .layer(idempotency)

@@ -4,13 +4,10 @@
 //! The server counts its executions itself, per `idempotency-key`, and answers what each one
 //! produced.
 
+// The flaky proxy the client example and the hyper tests use too.
 #[allow(dead_code)]
-#[path = "../examples/support/flaky_proxy.rs"]
+#[path = "../../support/flaky_proxy.rs"]
 mod flaky_proxy;
-
-#[path = "../examples/grpc/orders.rs"]
-#[allow(unreachable_pub)]
-mod orders;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use example_grpc::orders::orders_client::OrdersClient;
+use example_grpc::orders::orders_server::{Orders, OrdersServer};
+use example_grpc::orders::{CreateOrderRequest, Order};
 use flaky_proxy::{Counts, Fault, Served, flaky_proxy, serve};
 use hyper_util::service::TowerToHyperService;
-use orders::orders_client::OrdersClient;
-use orders::orders_server::{Orders, OrdersServer};
-use orders::{CreateOrderRequest, Order};
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};

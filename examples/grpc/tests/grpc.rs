@@ -6,9 +6,6 @@
 //! `UNAVAILABLE` when the store is down), and retryable codes release the key, with no glue in
 //! the server.
 
-mod common;
-
-use common::drop_probe::DropProbe;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,12 +13,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use example_grpc::orders::orders_client::OrdersClient;
+use example_grpc::orders::orders_server::{Orders, OrdersServer};
+use example_grpc::orders::{CreateOrderRequest, Order};
 use http::{HeaderMap, Request as HttpRequest, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Response, Status};
@@ -33,14 +34,6 @@ use tower_idempotency::store::{
     Begin, Entry, OwnerToken, Store, StoreError, StoreErrorKind, StoreKey,
 };
 use tower_idempotency::{DetachedTasks, Disposition, IdempotencyLayer};
-
-#[path = "../examples/grpc/orders.rs"]
-#[allow(unreachable_pub)]
-mod orders;
-
-use orders::orders_client::OrdersClient;
-use orders::orders_server::{Orders, OrdersServer};
-use orders::{CreateOrderRequest, Order};
 
 /// The bound on every await that could hang.
 const LIMIT: Duration = Duration::from_secs(10);
@@ -103,8 +96,8 @@ impl Orders for Shop {
 struct Harness {
     addr: SocketAddr,
     shop: Shop,
-    /// Notified when the server drops a call before it finished.
-    dropped: Arc<Notify>,
+    /// Cancelled when the server drops a call before it finished.
+    dropped: CancellationToken,
     detached: DetachedTasks,
 }
 
@@ -113,12 +106,13 @@ async fn start<St: Store>(layer: IdempotencyLayer<St>) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shop = Shop::default();
-    let dropped = Arc::new(Notify::new());
+    let dropped = CancellationToken::new();
     let detached = layer.detached_tasks();
-    let probe = Arc::clone(&dropped);
+    let probe = dropped.clone();
     let layers = ServiceBuilder::new()
         .map_future(move |call| {
-            let guard = DropProbe::new(Arc::clone(&probe));
+            // Cancels `dropped` if the call is dropped before it finished.
+            let guard = probe.clone().drop_guard();
             async move {
                 let out = call.await;
                 guard.disarm();
@@ -389,7 +383,7 @@ async fn client_disconnect_then_retry_replays_one_execution() {
     bounded(h.shop.entered.notified()).await;
     call.abort();
     assert!(bounded(call).await.unwrap_err().is_cancelled());
-    bounded(h.dropped.notified()).await;
+    bounded(h.dropped.cancelled()).await;
 
     // The handler runs on and records its result.
     h.shop.release.notify_one();
