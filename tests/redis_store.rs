@@ -17,7 +17,7 @@ use tower_idempotency::fingerprint::Fingerprint;
 use tower_idempotency::record::Record;
 use tower_idempotency::record::StoredResponse;
 use tower_idempotency::store::{
-    Begin, Entry, OwnerToken, RedisStore, Store, StoreErrorKind, StoreKey,
+    Begin, Entry, OwnerToken, Persistence, RedisStore, Store, StoreErrorKind, StoreKey,
 };
 
 use common::redis::{RedisCluster, RedisServer, shared_connection, unique_prefix};
@@ -292,4 +292,34 @@ async fn check_config_fails_when_unreachable() {
     let e = store.check_config().await.unwrap_err();
     assert!(e.kind().is_ambiguous(), "{e:?}");
     assert_eq!(e.kind(), StoreErrorKind::Unavailable);
+}
+
+/// `check_config` reports the server's persistence, and what a restart of it can lose.
+#[tokio::test]
+async fn check_config_reports_persistence() {
+    let cases: [(&[&str], Persistence); 3] = [
+        (&[], Persistence::None),
+        (
+            &["--save", "3600 1"],
+            Persistence::Snapshots {
+                save: "3600 1".into(),
+            },
+        ),
+        (
+            &["--appendonly", "yes", "--appendfsync", "always"],
+            Persistence::AppendOnly {
+                fsync: Some("always".into()),
+            },
+        ),
+    ];
+    for (args, expected) in cases {
+        let server = RedisServer::start_with_args(args);
+        let store = RedisStore::new(server.connection().await, Duration::from_secs(60));
+        let report = store.check_config().await.unwrap();
+        assert_eq!(report.persistence.as_ref(), Some(&expected), "{args:?}");
+        assert_eq!(
+            expected.keeps_every_acknowledged_write(),
+            args.contains(&"always")
+        );
+    }
 }

@@ -53,7 +53,7 @@ pub use self::postgres::{
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{ConfigReport, RedisPushWaits, RedisStore};
+pub use self::redis::{ConfigReport, Persistence, RedisPushWaits, RedisStore};
 pub use self::store_key::StoreKey;
 
 /// What [`Store::begin`] found.

@@ -278,7 +278,7 @@ impl PostgresStoreBuilder {
     }
 
     /// How often a waiter looks at its key while the listener is not connected (default
-    /// [`DEFAULT_POLL_INTERVAL`]).
+    /// 25 ms).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self

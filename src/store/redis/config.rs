@@ -33,6 +33,10 @@ where
     /// ([`ConfigReport::fenced_complete`]); without this call the store asks on its first
     /// `complete`.
     ///
+    /// And it reads the server's persistence (`INFO persistence`, and `CONFIG GET save
+    /// appendfsync` where allowed), since persistence decides what a restart can lose
+    /// ([`Persistence`]); without persistence, or with snapshots only, it logs a warning.
+    ///
     /// Call it once at startup; it is not on any request's path. Fails only when the server
     /// cannot be reached or is too old.
     pub async fn check_config(&self) -> Result<ConfigReport, StoreError> {
@@ -59,6 +63,16 @@ where
                 return Err(StoreError::with_source(StoreErrorKind::Other, why));
             }
         }
+        let persistence = self.persistence().await?;
+        if let Some(persistence) = &persistence
+            && !persistence.keeps_every_acknowledged_write()
+        {
+            tracing::warn!(
+                persistence = ?persistence,
+                "{}",
+                persistence.what_a_restart_loses()
+            );
+        }
         let reply: Result<HashMap<String, String>, RedisError> = ::redis::cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory*")
@@ -70,6 +84,7 @@ where
                 maxmemory_policy: config.get("maxmemory-policy").cloned(),
                 redis_version,
                 fenced_complete,
+                persistence,
             },
             Err(e) if is_transport_error(&e) => return Err(map_error(e)),
             Err(e) => {
@@ -84,6 +99,7 @@ where
                     maxmemory_policy: None,
                     redis_version,
                     fenced_complete,
+                    persistence,
                 });
             }
         };
@@ -96,6 +112,112 @@ where
             );
         }
         Ok(report)
+    }
+
+    /// The server's persistence: whether the append-only file is on (`INFO persistence`, which
+    /// managed servers allow), and its `appendfsync` and the snapshot `save` rules where
+    /// `CONFIG GET` is allowed. `None` when the server does not say.
+    async fn persistence(&self) -> Result<Option<Persistence>, StoreError> {
+        let mut connection = self.connection.clone();
+        let info: Result<String, RedisError> = ::redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut connection)
+            .await;
+        let aof = match info {
+            Ok(info) => info
+                .lines()
+                .find_map(|line| line.strip_prefix("aof_enabled:"))
+                .map(|v| v.trim() == "1"),
+            Err(e) if is_transport_error(&e) => return Err(map_error(e)),
+            Err(_) => None,
+        };
+        let config: Result<HashMap<String, String>, RedisError> = ::redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("save")
+            .arg("appendfsync")
+            .query_async(&mut connection)
+            .await;
+        let config = match config {
+            Ok(config) => Some(config),
+            Err(e) if is_transport_error(&e) => return Err(map_error(e)),
+            Err(_) => None,
+        };
+        Ok(Persistence::from_settings(aof, config.as_ref()))
+    }
+}
+
+/// How a Redis server keeps what it acknowledged, and so what a restart (or a failover to a
+/// replica that had not caught up) can lose; from [`RedisStore::check_config`].
+///
+/// A lost claim lets a duplicate run while the first request still runs; a lost record lets a
+/// retry run the request again. The layer can promise at most once only for what the server
+/// keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Persistence {
+    /// Neither snapshots nor the append-only file: a restart loses every claim and record.
+    None,
+    /// Snapshots only (`save` rules, the RDB file): a restart loses what was written since the
+    /// last snapshot, up to the longest `save` interval.
+    Snapshots {
+        /// The `save` rules, as `CONFIG GET save` reports them.
+        save: String,
+    },
+    /// The append-only file (AOF), with or without snapshots: a restart loses what was not yet
+    /// synced to disk.
+    AppendOnly {
+        /// `appendfsync`: `always` loses nothing acknowledged, `everysec` up to about a second
+        /// of writes, `no` what the OS had not flushed (up to about 30 s); `None` when unknown.
+        fsync: Option<String>,
+    },
+}
+
+impl Persistence {
+    fn from_settings(aof: Option<bool>, config: Option<&HashMap<String, String>>) -> Option<Self> {
+        let fsync = config.and_then(|c| c.get("appendfsync")).cloned();
+        match aof {
+            Some(true) => Some(Self::AppendOnly { fsync }),
+            Some(false) => {
+                let save = config?.get("save")?.trim().to_owned();
+                Some(if save.is_empty() {
+                    Self::None
+                } else {
+                    Self::Snapshots { save }
+                })
+            }
+            None => None,
+        }
+    }
+
+    /// Whether a restart keeps every write the server acknowledged (`appendfsync always`).
+    pub fn keeps_every_acknowledged_write(&self) -> bool {
+        matches!(self, Self::AppendOnly { fsync: Some(f) } if f == "always")
+    }
+
+    /// What a restart of the server loses, in a sentence for logs and dashboards.
+    pub fn what_a_restart_loses(&self) -> &'static str {
+        match self {
+            Self::None => {
+                "Redis has no persistence: a restart loses every idempotency claim and record, \
+                 and retries after it run their requests again"
+            }
+            Self::Snapshots { .. } => {
+                "Redis keeps snapshots only: a restart loses the idempotency records written \
+                 since the last snapshot, and their retries run again"
+            }
+            Self::AppendOnly { fsync: Some(f) } if f == "always" => {
+                "Redis syncs every write to its append-only file: a restart loses nothing it \
+                 acknowledged"
+            }
+            Self::AppendOnly { fsync: Some(f) } if f == "everysec" => {
+                "Redis syncs its append-only file every second: a crash of the server loses up \
+                 to about a second of idempotency records, and their retries run again"
+            }
+            Self::AppendOnly { .. } => {
+                "Redis leaves syncing its append-only file to the OS: a crash of the machine \
+                 loses the idempotency records not yet flushed, and their retries run again"
+            }
+        }
     }
 }
 
@@ -113,6 +235,8 @@ pub struct ConfigReport {
     /// 8.4+, unless [turned off](RedisStore::with_fenced_commands)); otherwise they are Lua
     /// scripts.
     pub fenced_complete: bool,
+    /// The server's persistence, and so what a restart loses; `None` when unknown.
+    pub persistence: Option<Persistence>,
 }
 
 impl ConfigReport {
@@ -148,12 +272,47 @@ mod tests {
     }
 
     #[test]
+    fn persistence_from_the_settings() {
+        let config = |save: &str, fsync: &str| {
+            HashMap::from([
+                ("save".to_owned(), save.to_owned()),
+                ("appendfsync".to_owned(), fsync.to_owned()),
+            ])
+        };
+        let none = config("", "everysec");
+        assert_eq!(
+            Persistence::from_settings(Some(false), Some(&none)),
+            Some(Persistence::None)
+        );
+        let rdb = config("3600 1 300 100", "everysec");
+        assert_eq!(
+            Persistence::from_settings(Some(false), Some(&rdb)),
+            Some(Persistence::Snapshots {
+                save: "3600 1 300 100".into()
+            })
+        );
+        let aof = Persistence::from_settings(Some(true), Some(&config("", "always"))).unwrap();
+        assert!(aof.keeps_every_acknowledged_write());
+        let everysec = Persistence::from_settings(Some(true), Some(&rdb)).unwrap();
+        assert!(!everysec.keeps_every_acknowledged_write());
+        assert!(everysec.what_a_restart_loses().contains("about a second"));
+        // CONFIG disabled: the append-only file still shows in INFO; snapshots cannot.
+        assert_eq!(
+            Persistence::from_settings(Some(true), None),
+            Some(Persistence::AppendOnly { fsync: None })
+        );
+        assert_eq!(Persistence::from_settings(Some(false), None), None);
+        assert_eq!(Persistence::from_settings(None, Some(&rdb)), None);
+    }
+
+    #[test]
     fn config_report() {
         let report = |maxmemory, policy: Option<&str>| ConfigReport {
             maxmemory,
             maxmemory_policy: policy.map(String::from),
             redis_version: None,
             fenced_complete: false,
+            persistence: None,
         };
         assert_eq!(report(Some(1), Some("noeviction")).may_evict(), Some(false));
         assert_eq!(

@@ -19,7 +19,7 @@ use ::redis::Value;
 use ::redis::aio::ConnectionLike;
 use bytes::Bytes;
 
-pub use self::config::ConfigReport;
+pub use self::config::{ConfigReport, Persistence};
 use self::errors::{map_begin_error, map_error, unexpected_reply};
 use self::fenced::{Commands, Held};
 use self::layout::{Claim, decode, millis};
