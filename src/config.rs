@@ -10,7 +10,7 @@ use http::{HeaderName, Method, request};
 use tokio_util::task::TaskTracker;
 
 use crate::fingerprint::Fingerprint;
-use crate::policy;
+use crate::policy::{self, DefaultRecordPolicy, RecordPolicy};
 use crate::problem::Problems;
 
 pub(crate) type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
@@ -51,6 +51,10 @@ pub(crate) struct Config {
     pub(crate) store_timeout: Duration,
     pub(crate) replayed_header: HeaderName,
     pub(crate) skipped_headers: Vec<HeaderName>,
+    /// Records or releases the responses that carry no `Disposition` of their own.
+    pub(crate) record_policy: Arc<dyn RecordPolicy>,
+    /// The header that tells when a recorded response expires, and the store's retention.
+    pub(crate) expiry: Option<(HeaderName, Duration)>,
     pub(crate) problems: Problems,
     pub(crate) tasks: TaskTracker,
 }
@@ -75,6 +79,8 @@ impl Default for Config {
             store_timeout: Duration::from_secs(2),
             replayed_header: HeaderName::from_static("idempotent-replayed"),
             skipped_headers: policy::default_skipped_headers(),
+            record_policy: Arc::new(DefaultRecordPolicy),
+            expiry: None,
             problems: Problems::default(),
             tasks: TaskTracker::new(),
         }
@@ -105,6 +111,8 @@ impl fmt::Debug for Config {
             .field("store_timeout", &self.store_timeout)
             .field("replayed_header", &self.replayed_header)
             .field("skipped_headers", &self.skipped_headers)
+            .field("record_policy", &"<policy>")
+            .field("expiry", &self.expiry)
             .field("problems", &self.problems)
             .finish()
     }

@@ -219,13 +219,17 @@ mod grpc;
 mod hex;
 pub mod key;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+mod observe;
 pub mod policy;
 pub mod problem;
 pub mod record;
 mod service;
 pub mod store;
 
-pub use crate::extensions::{IdempotencyClaim, Outcome};
+pub use crate::extensions::{IdempotencyClaim, Outcome, RejectReason};
 pub use crate::future::ResponseFuture;
 pub use crate::layer::{DetachedTasks, IdempotencyLayer};
 pub use crate::policy::Disposition;

@@ -11,10 +11,12 @@ use tower_service::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Config;
+use crate::extensions::Outcome;
 use crate::flow::{Execution, Flow};
 use crate::future::ResponseFuture;
 use crate::grpc::is_grpc;
 use crate::key::parse_key;
+use crate::observe;
 use crate::problem::ProblemKind;
 use crate::store::Store;
 
@@ -106,6 +108,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
         if !config.methods.contains(req.method()) {
+            observe::outcome(Outcome::Bypassed, None);
             return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
         }
         let rejected = match parse_key(req.headers(), &config.header, config.max_key_len) {
@@ -114,15 +117,18 @@ where
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let flow = Flow::new(&self.store, config, is_grpc(req.headers()));
+                let span = flow.span.clone();
                 let claim = Box::pin(flow.run(inner, req, key));
-                return ResponseFuture::protected(Execution::new(claim));
+                return ResponseFuture::protected(Execution::new(claim, span));
             }
             Ok(None) if !config.require_key => {
+                observe::outcome(Outcome::Bypassed, None);
                 return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
             }
             Ok(None) => ProblemKind::MissingKey,
             Err(e) => ProblemKind::InvalidKey(e),
         };
+        observe::outcome(rejected.outcome(), None);
         ResponseFuture::ready(config.problems.respond(rejected, is_grpc(req.headers())))
     }
 }

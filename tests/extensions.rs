@@ -12,7 +12,7 @@ use http::{Method, Response};
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_idempotency::store::{Entry, MemoryStore, Store, StoreErrorKind, StoreKey};
-use tower_idempotency::{IdempotencyClaim, IdempotencyLayer, Outcome};
+use tower_idempotency::{IdempotencyClaim, IdempotencyLayer, Outcome, RejectReason};
 
 #[tokio::test]
 async fn every_response_says_what_the_layer_did() {
@@ -34,7 +34,7 @@ async fn every_response_says_what_the_layer_did() {
     );
     assert_eq!(
         outcome(send(&mut svc, post("k", "a")).await),
-        Some(Outcome::Executed)
+        Some(Outcome::Recorded)
     );
     assert_eq!(
         outcome(send(&mut svc, post("k", "a")).await),
@@ -46,22 +46,22 @@ async fn every_response_says_what_the_layer_did() {
     );
     assert_eq!(
         outcome(send(&mut svc, post("", "a")).await),
-        Some(Outcome::Rejected)
+        Some(Outcome::Rejected(RejectReason::InvalidKey))
     );
     let big = "x".repeat(129);
     assert_eq!(
         outcome(send(&mut svc, post("big", &big)).await),
-        Some(Outcome::Rejected)
+        Some(Outcome::Rejected(RejectReason::BodyTooLarge))
     );
     // `execution 1: ` and 100 bytes: over the response cap.
     let long = "y".repeat(100);
     assert_eq!(
         outcome(send(&mut svc, post("long", &long)).await),
-        Some(Outcome::Executed)
+        Some(Outcome::NotStored)
     );
     assert_eq!(
         outcome(send(&mut svc, post("long", &long)).await),
-        Some(Outcome::NotStored)
+        Some(Outcome::ReplayUnavailable)
     );
     store.set(Op::Begin, Fault::Fail(StoreErrorKind::Unavailable));
     assert_eq!(

@@ -65,7 +65,7 @@ async fn a_replay_has_the_same_status_headers_body_and_trailers() {
 
     let first = send(&mut svc, post("k", "{}")).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
     assert_eq!(first.body.as_ref(), binary().as_slice());
     assert!(!first.headers.contains_key("idempotent-replayed"));
     // The first client gets every header the handler set.

@@ -55,8 +55,10 @@ where
     fn detach(self: Pin<Box<Self>>, tasks: &TaskTracker, span: Span) {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
+                let detached = crate::observe::Detached::start();
                 let run = async move {
                     let _answer = self.await;
+                    drop(detached);
                 };
                 tasks.spawn_on(run.instrument(span), &handle);
             }
@@ -92,6 +94,8 @@ pub(crate) enum Step<B: Body, E> {
 /// hand-offs between tasks on every request; it moves to a task only when it is abandoned.
 pub(crate) struct Execution<B: Body, E> {
     stage: Stage<B, E>,
+    /// The request's span, entered while the work is polled in place.
+    span: Span,
     /// Set while a stage is polled: a poll that panicked leaves it set, and then nothing is
     /// resumed.
     polling: bool,
@@ -107,15 +111,17 @@ enum Stage<B: Body, E> {
 }
 
 impl<B: Body, E> Execution<B, E> {
-    pub(crate) fn new(claim: BoxClaim<B, E>) -> Self {
+    pub(crate) fn new(claim: BoxClaim<B, E>, span: Span) -> Self {
         Self {
             stage: Stage::Claiming(claim),
+            span,
             polling: false,
         }
     }
 
     /// Drives the claim, then the run; ready with the answer.
     pub(crate) fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer<B, E>> {
+        let _entered = self.span.enter();
         loop {
             self.polling = true;
             let polled = match &mut self.stage {
