@@ -10,14 +10,20 @@ use crate::store::{OwnerToken, StoreKey};
 
 /// What the layer did with a request, in the extensions of every response it answers.
 ///
-/// Outer layers (logging, metrics) read it with `response.extensions().get::<Outcome>()`;
-/// [`as_str`](Self::as_str) and [`reason`](Self::reason) give stable strings for labels (the
-/// feature `metrics` counts them itself, see [`metrics`](crate#metrics)).
+/// Outer layers (logging, metrics) read it with [`Outcome::of`]; [`as_str`](Self::as_str) and
+/// [`reason`](Self::reason) give stable strings for labels (with the feature `metrics` the
+/// layer counts them itself, see the `metrics` module).
 ///
-/// Every response the layer answers carries it, with one exception: a handler that panics has
-/// no response. The layer releases its claim (the outcome is [`Released`](Self::Released), as
-/// the metrics and the request's span record it) and lets the panic go on, to an outer
-/// `CatchPanicLayer` say, whose own `500` has no `Outcome`.
+/// Every response to a request the layer protects or refuses carries it. Two exceptions:
+///
+/// - A request the layer passes through ([`Bypassed`](Self::Bypassed): method not covered, or
+///   no key) is answered by the inner service, and its response has **no** `Outcome`
+///   extension: inserting one would cost the extensions map and its value, three allocations
+///   on every such response, so that passing through would cost more than an identity
+///   layer. [`Outcome::of`] reads a missing extension as `Bypassed`.
+/// - A handler that panics has no response. The layer releases its claim (the outcome is
+///   [`Released`](Self::Released), as the metrics and the request's span record it) and lets
+///   the panic go on, to an outer `CatchPanicLayer` say, whose own `500` has no `Outcome`.
 ///
 /// The first execution of a key ends in exactly one of [`Recorded`](Self::Recorded),
 /// [`Released`](Self::Released) or [`NotStored`](Self::NotStored); a retry of it in one of the
@@ -58,6 +64,26 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// What the layer did with the request `res` answers: its `Outcome` extension, or
+    /// [`Bypassed`](Self::Bypassed) when it has none (the layer passed the request through).
+    ///
+    /// Read it in a layer *outside* the idempotency layer, whose responses all went through
+    /// it; a response made outside the layer (another route, an outer layer's own answer)
+    /// also has no extension.
+    ///
+    /// ```
+    /// use tower_idempotency::Outcome;
+    ///
+    /// let res = http::Response::new(());
+    /// assert_eq!(Outcome::of(&res), Outcome::Bypassed);
+    /// ```
+    pub fn of<B>(res: &http::Response<B>) -> Self {
+        res.extensions()
+            .get::<Self>()
+            .copied()
+            .unwrap_or(Self::Bypassed)
+    }
+
     /// A stable, lowercase `snake_case` name, for metric labels and logs: `recorded`,
     /// `released`, `not_stored`, `replayed`, `replay_unavailable`, `conflict`, `mismatch`,
     /// `rejected`, `store_unavailable`, `unprotected`, `bypassed`.

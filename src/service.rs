@@ -26,6 +26,12 @@ use crate::store::Store;
 /// default settings; see the [crate docs](crate) for the flow.
 pub struct Idempotency<S, St> {
     inner: S,
+    /// The store and the configuration behind one `Arc`: axum clones the service for every
+    /// request, passed-through ones included, and one shared count is cheaper to move than two.
+    shared: Arc<Shared<St>>,
+}
+
+struct Shared<St> {
     store: Arc<St>,
     config: Arc<Config>,
 }
@@ -40,8 +46,7 @@ impl<S, St> Idempotency<S, St> {
     pub(crate) fn from_parts(inner: S, store: Arc<St>, config: Arc<Config>) -> Self {
         Self {
             inner,
-            store,
-            config,
+            shared: Arc::new(Shared { store, config }),
         }
     }
 
@@ -65,8 +70,7 @@ impl<S: Clone, St> Clone for Idempotency<S, St> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            store: Arc::clone(&self.store),
-            config: Arc::clone(&self.config),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -76,7 +80,7 @@ impl<S: fmt::Debug, St> fmt::Debug for Idempotency<S, St> {
         f.debug_struct("Idempotency")
             .field("inner", &self.inner)
             .field("store", &std::any::type_name::<St>())
-            .field("config", &self.config)
+            .field("config", &self.shared.config)
             .finish()
     }
 }
@@ -106,7 +110,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let config = &self.config;
+        let Shared { store, config } = &*self.shared;
         if !config.methods.contains(req.method()) {
             observe::outcome(Outcome::Bypassed, None);
             return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
@@ -116,7 +120,7 @@ where
                 // The instance that was polled ready goes with the request.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let flow = Flow::new(&self.store, config, is_grpc(req.headers()));
+                let flow = Flow::new(store, config, is_grpc(req.headers()));
                 let span = flow.span.clone();
                 let claim = Box::pin(flow.run(inner, req, key));
                 return ResponseFuture::protected(Execution::new(claim, span));

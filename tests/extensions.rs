@@ -1,4 +1,5 @@
-//! §2.9 and §3 Extensions: every response carries the `Outcome` of what the layer did; the
+//! §2.9 and §3 Extensions: every response the layer answers carries the `Outcome` of what it
+//! did (a passed-through response carries none, which `Outcome::of` reads as `Bypassed`); the
 //! handler finds its `IdempotencyClaim` (scoped key and owner token) in the request.
 
 mod common;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use common::{Counter, Fault, Gate, HandlerReq, Op, Probe, gated_app, post, read, request, send};
 use http::{Method, Response};
 use http_body_util::Full;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_idempotency::store::{Entry, MemoryStore, Store, StoreErrorKind, StoreKey};
 use tower_idempotency::{IdempotencyClaim, IdempotencyLayer, Outcome, RejectReason};
 
@@ -26,12 +27,17 @@ async fn every_response_says_what_the_layer_did() {
     let outcome = |reply: common::Reply| reply.outcome;
 
     let get = request(Method::GET, "/o", Some("k"), "");
-    assert_eq!(outcome(send(&mut svc, get).await), Some(Outcome::Bypassed));
-    let unkeyed = request(Method::POST, "/o", None, "");
+    let res = svc.ready().await.unwrap().call(get).await.unwrap();
     assert_eq!(
-        outcome(send(&mut svc, unkeyed).await),
-        Some(Outcome::Bypassed)
+        res.extensions().get::<Outcome>(),
+        None,
+        "no allocation for it"
     );
+    assert_eq!(Outcome::of(&res), Outcome::Bypassed);
+    let get = request(Method::GET, "/o", Some("k"), "");
+    assert_eq!(outcome(send(&mut svc, get).await), None);
+    let unkeyed = request(Method::POST, "/o", None, "");
+    assert_eq!(outcome(send(&mut svc, unkeyed).await), None);
     assert_eq!(
         outcome(send(&mut svc, post("k", "a")).await),
         Some(Outcome::Recorded)
@@ -69,7 +75,7 @@ async fn every_response_says_what_the_layer_did() {
         Some(Outcome::StoreUnavailable)
     );
     store.clear(Op::Begin);
-    assert_eq!(counter.get(), 4);
+    assert_eq!(counter.get(), 5);
 
     // In progress.
     let (counter, gate) = (Counter::new(), Gate::new());
