@@ -36,7 +36,9 @@ pin_project! {
         B: Body,
     {
         Bypassed { #[pin] fut: F },
-        Ready { res: Option<Response<ResponseBody<B>>> },
+        // Boxed: a problem response is rare, and unboxed it would make every request's future
+        // (passed-through ones included) as large as a whole response.
+        Ready { res: Option<Box<Response<ResponseBody<B>>>> },
         Protected { exec: Execution<B, E> },
     }
 }
@@ -50,7 +52,9 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
 
     pub(crate) fn ready(res: Response<ResponseBody<B>>) -> Self {
         Self {
-            kind: Kind::Ready { res: Some(res) },
+            kind: Kind::Ready {
+                res: Some(Box::new(res)),
+            },
         }
     }
 
@@ -75,7 +79,7 @@ where
             KindProj::Bypassed { fut } => {
                 Poll::Ready(Ok(ready!(fut.poll(cx))?.map(ResponseBody::new)))
             }
-            KindProj::Ready { res } => Poll::Ready(Ok(res
+            KindProj::Ready { res } => Poll::Ready(Ok(*res
                 .take()
                 .expect("`ResponseFuture` polled after completion"))),
             KindProj::Protected { exec } => exec.poll_answer(cx),

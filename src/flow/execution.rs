@@ -82,8 +82,9 @@ pub(crate) enum Step<B: Body, E> {
         run: BoxRun<B, E>,
         /// A token of the layer's tracker when a dropped response future detaches the run:
         /// held while the run is polled in place, so that `DetachedTasks` counts and drains it
-        /// like a task; and the span the detached run keeps. `None` when dropping cancels it.
-        detach: Option<(TaskTrackerToken, Span)>,
+        /// like a task (the detached run keeps the request's span). `None` when dropping
+        /// cancels it.
+        detach: Option<TaskTrackerToken>,
     },
 }
 
@@ -105,7 +106,7 @@ enum Stage<B: Body, E> {
     Claiming(BoxClaim<B, E>),
     Running {
         run: BoxRun<B, E>,
-        detach: Option<(TaskTrackerToken, Span)>,
+        detach: Option<TaskTrackerToken>,
     },
     Finished,
 }
@@ -154,8 +155,8 @@ impl<B: Body, E> Execution<B, E> {
         match std::mem::replace(&mut self.stage, Stage::Finished) {
             Stage::Running {
                 run,
-                detach: Some((token, span)),
-            } => run.detach(token.task_tracker(), span),
+                detach: Some(token),
+            } => run.detach(token.task_tracker(), self.span.clone()),
             // Dropped: a run's `Claimed` releases its claim.
             Stage::Running { detach: None, .. } | Stage::Claiming(_) | Stage::Finished => {}
         }

@@ -131,10 +131,7 @@ impl<St: Store> Flow<St> {
                 .extensions
                 .insert(IdempotencyClaim::new(key.clone(), token));
             let req = Request::from_parts(parts, body);
-            let detach = self
-                .config
-                .detach
-                .then(|| (self.config.tasks.token(), self.span.clone()));
+            let detach = self.config.detach.then(|| self.config.tasks.token());
             let owner = Owner::new(Claimed::new(self, key, token), fingerprint);
             Step::Run {
                 run: Box::pin(owner.execute(inner, req)),
