@@ -17,7 +17,7 @@
 //! | `idempotency_requests_total` | counter | `outcome`, and `reason` when `outcome="rejected"` | one per request the layer sees, by its [`Outcome`](crate::Outcome) ([`as_str`](crate::Outcome::as_str), [`RejectReason::as_str`](crate::RejectReason::as_str)) |
 //! | `idempotency_store_duration_seconds` | histogram | `operation`, `result` | the latency of each store call the layer makes, its timeout included |
 //! | `idempotency_detached_executions` | gauge | | handlers running on after their client went away ([`detach`](crate::IdempotencyLayer::detach)) |
-//! | `idempotency_resends_total` | counter | `operation` | background re-sends of a `complete` or `release` whose first answer was lost |
+//! | `idempotency_resends_total` | counter | `operation` | store writes sent in the background, one per attempt: re-sends of a `complete` or `release` whose answer was lost, and releases of claims whose request was dropped |
 //! | `idempotency_refused_records_total` | counter | | records the store refused because another owner claimed the key after this lease ran out (the request may run again: look at these) |
 //!
 //! Label values:
