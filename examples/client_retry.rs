@@ -43,7 +43,11 @@ async fn main() -> Result<(), Error> {
     let counted = Arc::clone(&executions);
     let app = quickstart::app(BoxStore::new(MemoryStore::new())).layer(MapResponseLayer::new(
         move |res: Response| {
-            if res.extensions().get::<Outcome>() == Some(&Outcome::Executed) {
+            if res
+                .extensions()
+                .get::<Outcome>()
+                .is_some_and(|o| o.executed())
+            {
                 counted.fetch_add(1, Ordering::SeqCst);
             }
             res

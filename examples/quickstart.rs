@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! cargo run --example quickstart          # listens on 127.0.0.1:3000, PORT overrides
+//! cargo run --example quickstart --features metrics   # and serves /metrics (Prometheus)
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart --features redis
 //! ```
 //!
@@ -13,6 +14,12 @@
 //! visible as the same id coming back. A body with `"delay_ms"` makes the handler slow, to show
 //! the `409` a duplicate gets while the first request still runs. The curl lines it prints show
 //! a replay, a `409` and a `422`.
+//!
+//! With the feature `metrics`, `GET /metrics` shows the layer's counters in the Prometheus text
+//! format (`metrics-exporter-prometheus`, without its HTTP listener: the app serves the page
+//! itself); `idempotency_requests_total{outcome="replayed"}` goes up with every replay. Without
+//! the feature the layer records nothing, so the example has no `/metrics`; the feature only
+//! adds the small `metrics` facade to the build.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,12 +66,34 @@ async fn create_order(
     (StatusCode::CREATED, Json(order))
 }
 
-/// The application: `POST /orders` behind the idempotency layer over `store`.
+/// The application: `POST /orders` behind the idempotency layer over `store`, and (feature
+/// `metrics`) `GET /metrics` outside it.
 pub(crate) fn app(store: BoxStore) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/orders", post(create_order))
         .with_state(Orders::default())
-        .layer(IdempotencyLayer::new(store))
+        .layer(IdempotencyLayer::new(store));
+    #[cfg(feature = "metrics")]
+    let app = app.route("/metrics", axum::routing::get(metrics_page));
+    app
+}
+
+/// The process's Prometheus recorder, installed on first use.
+#[cfg(feature = "metrics")]
+pub(crate) fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format.
+#[cfg(feature = "metrics")]
+async fn metrics_page() -> String {
+    prometheus().render()
 }
 
 /// Redis when `REDIS_URL` is set, the in-memory store otherwise; and what it is, to print.
@@ -122,8 +151,21 @@ pub(crate) fn curl_lines(base: &str) -> String {
 # 4. A duplicate while the first still runs (3 s): 409 with Retry-After, then the first's 201.
 {post} order-2' -d '{{\"item\":\"lamp\",\"quantity\":1,\"delay_ms\":3000}}' & sleep 0.5; \
 {post} order-2' -d '{{\"item\":\"lamp\",\"quantity\":1,\"delay_ms\":3000}}'; wait
-"
+{}",
+        metrics_line(base)
     )
+}
+
+/// The curl line for `/metrics`, or how to get it.
+fn metrics_line(base: &str) -> String {
+    if cfg!(feature = "metrics") {
+        format!(
+            "# 5. The layer's counters: `outcome=\"replayed\"` went up with step 2.\n\
+             curl -s {base}/metrics | grep idempotency_requests_total\n"
+        )
+    } else {
+        "# 5. For /metrics (Prometheus), run with `--features metrics`.\n".to_owned()
+    }
 }
 
 #[tokio::main]
@@ -137,6 +179,8 @@ async fn main() -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (store, what) = store_from_env().await?;
+    #[cfg(feature = "metrics")]
+    prometheus();
     println!("listening on {base} ({what})\n");
     println!("{}", curl_lines(&base));
     axum::serve(listener, app(store)).await

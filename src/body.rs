@@ -34,7 +34,9 @@ pin_project! {
     #[derive(Debug)]
     enum RequestKind<B> {
         Stream { #[pin] body: B },
-        Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        // Trailers boxed: they are rare (gRPC), and unboxed every request would carry the
+        // space of a `HeaderMap`, passed-through ones included.
+        Buffered { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
     }
 }
 
@@ -51,7 +53,7 @@ impl<B> RequestBody<B> {
         Self {
             kind: RequestKind::Buffered {
                 data: non_empty(data),
-                trailers,
+                trailers: trailers.map(Box::new),
             },
         }
     }
@@ -111,7 +113,8 @@ pin_project! {
         B: Body,
     {
         Stream { #[pin] body: B },
-        Full { data: Option<Bytes>, trailers: Option<HeaderMap>, error: Option<B::Error> },
+        // Trailers boxed, as in `RequestKind`.
+        Full { data: Option<Bytes>, trailers: Option<Box<HeaderMap>>, error: Option<B::Error> },
         Chained { prefix: Option<Bytes>, rest: Pin<Box<B>> },
     }
 }
@@ -130,7 +133,7 @@ impl<B: Body> ResponseBody<B> {
         Self {
             kind: ResponseKind::Full {
                 data: non_empty(data),
-                trailers,
+                trailers: trailers.map(Box::new),
                 error: None,
             },
         }
@@ -255,12 +258,12 @@ fn poll_bytes<B: Body>(
 
 fn take_buffered<E>(
     data: &mut Option<Bytes>,
-    trailers: &mut Option<HeaderMap>,
+    trailers: &mut Option<Box<HeaderMap>>,
 ) -> Option<Result<Frame<Bytes>, E>> {
     if let Some(data) = data.take() {
         return Some(Ok(Frame::data(data)));
     }
-    trailers.take().map(|t| Ok(Frame::trailers(t)))
+    trailers.take().map(|t| Ok(Frame::trailers(*t)))
 }
 
 /// A body read into memory, up to a limit.

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::fingerprint::Fingerprint;
 use crate::flow::coalesce::Inflight;
-use crate::policy;
+use crate::policy::{self, DefaultRecordPolicy, RecordPolicy};
 use crate::problem::Problems;
 
 pub(crate) type ScopeFn = Arc<dyn Fn(&request::Parts) -> Option<String> + Send + Sync>;
@@ -52,6 +52,10 @@ pub(crate) struct Config {
     pub(crate) store_timeout: Duration,
     pub(crate) replayed_header: HeaderName,
     pub(crate) skipped_headers: Vec<HeaderName>,
+    /// Records or releases the responses that carry no `Disposition` of their own.
+    pub(crate) record_policy: Arc<dyn RecordPolicy>,
+    /// The header that tells when a recorded response expires, and the store's retention.
+    pub(crate) expiry: Option<(HeaderName, Duration)>,
     pub(crate) problems: Problems,
     pub(crate) tasks: TaskTracker,
     /// Whether duplicates are coalesced in process; `None`: when the store is remote.
@@ -80,6 +84,8 @@ impl Default for Config {
             store_timeout: Duration::from_secs(2),
             replayed_header: HeaderName::from_static("idempotent-replayed"),
             skipped_headers: policy::default_skipped_headers(),
+            record_policy: Arc::new(DefaultRecordPolicy),
+            expiry: None,
             problems: Problems::default(),
             tasks: TaskTracker::new(),
             coalesce: None,
@@ -112,6 +118,8 @@ impl fmt::Debug for Config {
             .field("store_timeout", &self.store_timeout)
             .field("replayed_header", &self.replayed_header)
             .field("skipped_headers", &self.skipped_headers)
+            .field("record_policy", &"<policy>")
+            .field("expiry", &self.expiry)
             .field("problems", &self.problems)
             .field("coalesce", &self.coalesce)
             .finish()

@@ -1,5 +1,7 @@
 //! What the layer puts into extensions: the claim for the handler, the outcome for outer layers.
 
+use std::fmt;
+
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -8,29 +10,151 @@ use crate::store::{OwnerToken, StoreKey};
 
 /// What the layer did with a request, in the extensions of every response it answers.
 ///
-/// Outer layers (logging, metrics) read it with `response.extensions().get::<Outcome>()`.
+/// Outer layers (logging, metrics) read it with [`Outcome::of`]; [`as_str`](Self::as_str) and
+/// [`reason`](Self::reason) give stable strings for labels (with the feature `metrics` the
+/// layer counts them itself, see the `metrics` module).
+///
+/// Every response to a request the layer protects or refuses carries it. Two exceptions:
+///
+/// - A request the layer passes through ([`Bypassed`](Self::Bypassed): method not covered, or
+///   no key) is answered by the inner service, and its response has **no** `Outcome`
+///   extension: inserting one would cost the extensions map and its value, three allocations
+///   on every such response, so that passing through would cost more than an identity
+///   layer. [`Outcome::of`] reads a missing extension as `Bypassed`.
+/// - A handler that panics has no response. The layer releases its claim (the outcome is
+///   [`Released`](Self::Released), as the metrics and the request's span record it) and lets
+///   the panic go on, to an outer `CatchPanicLayer` say, whose own `500` has no `Outcome`.
+///
+/// The first execution of a key ends in exactly one of [`Recorded`](Self::Recorded),
+/// [`Released`](Self::Released) or [`NotStored`](Self::NotStored); a retry of it in one of the
+/// others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Outcome {
-    /// Not covered (method not protected, or no key and none required): passed through with no
-    /// store call.
-    Bypassed,
-    /// Claimed and run once; the response was recorded, or the claim released.
-    Executed,
+    /// Claimed and run once; the response was stored, and retries get its replay.
+    Recorded,
+    /// Claimed and run; the response was retryable (`5xx`, `408`, `429`, a retryable gRPC
+    /// status, an inner error, a panic, or a [policy](crate::IdempotencyLayer::record_policy)
+    /// said so), so the claim was released and a retry runs again.
+    Released,
+    /// Claimed and run once; the response was over
+    /// [the cap](crate::IdempotencyLayer::max_response_body), streamed to this client without
+    /// being kept, and the key completed without it. Retries get
+    /// [`ReplayUnavailable`](Self::ReplayUnavailable).
+    NotStored,
     /// The stored response of an earlier execution.
     Replayed,
+    /// The key's request completed but its response cannot be replayed: it was not stored
+    /// (the [`409` problem](crate::problem#response-not-stored)).
+    ReplayUnavailable,
     /// Another request with the key is still running (`409`).
     Conflict,
     /// The key was used for a different request (`422` by default).
     Mismatch,
-    /// The key or body was rejected (`400`, `413`).
-    Rejected,
-    /// The key's request completed but its response was not kept (`409`).
-    NotStored,
+    /// The request was refused before anything was claimed (`400`, `403`, `413`); the reason
+    /// says why.
+    Rejected(RejectReason),
     /// The store failed and the layer failed closed (`503`).
     StoreUnavailable,
     /// The store failed and the layer, configured to fail open, ran the request unprotected.
     Unprotected,
+    /// Not covered (method not protected, or no key and none required): passed through with no
+    /// store call.
+    Bypassed,
+}
+
+impl Outcome {
+    /// What the layer did with the request `res` answers: its `Outcome` extension, or
+    /// [`Bypassed`](Self::Bypassed) when it has none (the layer passed the request through).
+    ///
+    /// Read it in a layer *outside* the idempotency layer, whose responses all went through
+    /// it; a response made outside the layer (another route, an outer layer's own answer)
+    /// also has no extension.
+    ///
+    /// ```
+    /// use tower_idempotency::Outcome;
+    ///
+    /// let res = http::Response::new(());
+    /// assert_eq!(Outcome::of(&res), Outcome::Bypassed);
+    /// ```
+    pub fn of<B>(res: &http::Response<B>) -> Self {
+        res.extensions()
+            .get::<Self>()
+            .copied()
+            .unwrap_or(Self::Bypassed)
+    }
+
+    /// A stable, lowercase `snake_case` name, for metric labels and logs: `recorded`,
+    /// `released`, `not_stored`, `replayed`, `replay_unavailable`, `conflict`, `mismatch`,
+    /// `rejected`, `store_unavailable`, `unprotected`, `bypassed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recorded => "recorded",
+            Self::Released => "released",
+            Self::NotStored => "not_stored",
+            Self::Replayed => "replayed",
+            Self::ReplayUnavailable => "replay_unavailable",
+            Self::Conflict => "conflict",
+            Self::Mismatch => "mismatch",
+            Self::Rejected(_) => "rejected",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::Unprotected => "unprotected",
+            Self::Bypassed => "bypassed",
+        }
+    }
+
+    /// Why a request was [rejected](Self::Rejected); `None` for every other outcome.
+    pub fn reason(self) -> Option<RejectReason> {
+        match self {
+            Self::Rejected(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether the inner service ran under a claim of the key (recorded, released, not stored).
+    pub fn executed(self) -> bool {
+        matches!(self, Self::Recorded | Self::Released | Self::NotStored)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason() {
+            Some(reason) => write!(f, "rejected ({})", reason.as_str()),
+            None => f.write_str(self.as_str()),
+        }
+    }
+}
+
+/// Why the layer [rejected](Outcome::Rejected) a request; each has a
+/// [problem](crate::problem) of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// A key is [required](crate::IdempotencyLayer::require_key) and the request has none.
+    MissingKey,
+    /// The key header is invalid (repeated, empty, too long, malformed).
+    InvalidKey,
+    /// A [scope](crate::IdempotencyLayer::scope) function found no scope.
+    MissingScope,
+    /// The request body is over the fingerprinting limit.
+    BodyTooLarge,
+    /// The request body failed while the layer read it.
+    UnreadableBody,
+}
+
+impl RejectReason {
+    /// A stable, lowercase `snake_case` name, for metric labels and logs: `missing_key`,
+    /// `invalid_key`, `missing_scope`, `body_too_large`, `unreadable_body`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingKey => "missing_key",
+            Self::InvalidKey => "invalid_key",
+            Self::MissingScope => "missing_scope",
+            Self::BodyTooLarge => "body_too_large",
+            Self::UnreadableBody => "unreadable_body",
+        }
+    }
 }
 
 /// The claim a protected request runs under, in the request's extensions.

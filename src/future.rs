@@ -10,13 +10,13 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
-use crate::extensions::Outcome;
 use crate::flow::Execution;
 
 pin_project! {
     /// The response future of [`Idempotency`](crate::Idempotency).
     ///
-    /// Requests the layer passes through poll the inner future in place, with no allocation;
+    /// Requests the layer passes through poll the inner future in place, with no allocation
+    /// (and no [`Outcome`](crate::Outcome) extension: see [`Outcome::of`](crate::Outcome::of));
     /// protected requests run the claim in one boxed future and, when they own the key, the
     /// execution in another. Dropping it before the answer does what the layer was configured
     /// to do with a cut-off execution (see [`IdempotencyLayer::detach`](crate::IdempotencyLayer::detach)).
@@ -36,7 +36,9 @@ pin_project! {
         B: Body,
     {
         Bypassed { #[pin] fut: F },
-        Ready { res: Option<Response<ResponseBody<B>>> },
+        // Boxed: a problem response is rare, and unboxed it would make every request's future
+        // (passed-through ones included) as large as a whole response.
+        Ready { res: Option<Box<Response<ResponseBody<B>>>> },
         Protected { exec: Execution<B, E> },
     }
 }
@@ -50,7 +52,9 @@ impl<F, B: Body, E> ResponseFuture<F, B, E> {
 
     pub(crate) fn ready(res: Response<ResponseBody<B>>) -> Self {
         Self {
-            kind: Kind::Ready { res: Some(res) },
+            kind: Kind::Ready {
+                res: Some(Box::new(res)),
+            },
         }
     }
 
@@ -70,12 +74,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
+            // No `Outcome` extension: inserting one would allocate the extensions map and the
+            // value on every passed-through response (see `Outcome::of`).
             KindProj::Bypassed { fut } => {
-                let mut res = ready!(fut.poll(cx))?.map(ResponseBody::new);
-                res.extensions_mut().insert(Outcome::Bypassed);
-                Poll::Ready(Ok(res))
+                Poll::Ready(Ok(ready!(fut.poll(cx))?.map(ResponseBody::new)))
             }
-            KindProj::Ready { res } => Poll::Ready(Ok(res
+            KindProj::Ready { res } => Poll::Ready(Ok(*res
                 .take()
                 .expect("`ResponseFuture` polled after completion"))),
             KindProj::Protected { exec } => exec.poll_answer(cx),

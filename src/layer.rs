@@ -9,6 +9,7 @@ use tower_layer::Layer;
 
 use crate::config::{Config, Fingerprinting};
 use crate::fingerprint::Fingerprint;
+use crate::policy::RecordPolicy;
 use crate::problem::Problem;
 use crate::service::Idempotency;
 
@@ -247,6 +248,41 @@ impl<St> IdempotencyLayer<St> {
     /// to every retry. To add a header, use [`skip_header`](Self::skip_header).
     pub fn skipped_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.with(|c| c.skipped_headers = names.into_iter().collect())
+    }
+
+    /// Records or releases each response by `policy` instead of the defaults
+    /// ([`DefaultRecordPolicy`](crate::policy::DefaultRecordPolicy): `5xx`, `408`, `429` and
+    /// retryable gRPC statuses release, everything else is recorded). A [`Disposition`] in a
+    /// response's extensions still wins over the policy. See [`RecordPolicy`] for the recipe
+    /// "don't keep 4xx validation failures".
+    ///
+    /// [`Disposition`]: crate::Disposition
+    pub fn record_policy(self, policy: impl RecordPolicy) -> Self {
+        self.with(|c| c.record_policy = Arc::new(policy))
+    }
+
+    /// Tells clients when a recorded response expires, in a response header `name` holding an
+    /// HTTP-date (off by default), as the IETF idempotency-key draft asks servers to publish
+    /// their expiry policy.
+    ///
+    /// The layer cannot ask a store how long it keeps records, so `retention` must be the
+    /// retention the store was built with (the memory store's `ttl`, `RedisStore`'s TTL). The
+    /// header is added to a response the layer records (and to one streamed without being kept,
+    /// whose key is kept as long): the time of recording plus `retention`. It is stored with
+    /// the response, so a replay tells the same time. Released responses carry none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::HeaderName;
+    /// use tower_idempotency::{IdempotencyLayer, store::MemoryStore};
+    ///
+    /// let day = Duration::from_secs(24 * 60 * 60);
+    /// let layer = IdempotencyLayer::new(MemoryStore::builder().ttl(day).build())
+    ///     .expiry_header(HeaderName::from_static("idempotency-expires"), day);
+    /// # let _ = layer;
+    /// ```
+    pub fn expiry_header(self, name: HeaderName, retention: Duration) -> Self {
+        self.with(|c| c.expiry = Some((name, retention)))
     }
 
     /// Replaces the layer's [problem](crate::problem) responses with `f`'s.

@@ -10,7 +10,7 @@
 //! a key and retries them with that same key over hyper-util's client or a tonic `Channel`; a
 //! handler sends stable keys to the services it calls with [`IdempotencyClaim::derive`].
 //!
-//! [`tower::Service`]: tower_service::Service
+//! [`tower::Service`]: https://docs.rs/tower-service/0.3/tower_service/trait.Service.html
 //!
 //! # Example
 //!
@@ -72,8 +72,27 @@
 //! | handler answered `5xx`, `408`, `429`, returned `Err` or panicked | that answer; the claim is released | a retry runs again |
 //! | response body over the cap | streamed; retries get a `409` ["response not stored"](problem#response-not-stored) | once |
 //!
-//! Problems are RFC 9457 `application/problem+json` ([`problem`]). Every response carries an
-//! [`Outcome`] extension saying which row applied.
+//! Problems are RFC 9457 `application/problem+json` ([`problem`]). Every response the layer
+//! answers carries an [`Outcome`] extension saying which row applied; a passed-through
+//! response carries none, which [`Outcome::of`] reads as [`Outcome::Bypassed`].
+//!
+//! # Observability
+//!
+//! - **Metrics** (feature `metrics`): a counter per [`Outcome`], a histogram of store-call
+//!   latency, a gauge of detached handlers, counters of background re-sends and refused
+//!   records, through the `metrics` facade; names and labels in the `metrics` module's table.
+//!   `examples/quickstart.rs` serves them at `/metrics` for Prometheus.
+//! - **Tracing**: every protected request runs in an `idempotency` span (INFO) with the fields
+//!   `key` (the first 16 hex digits of the scoped key's SHA-256, never the key) and `outcome`
+//!   (recorded when known). Detached handlers and background re-sends keep it, under the span
+//!   the request was called in. The layer logs at `DEBUG` what is routine (a released claim),
+//!   at `WARN` what an operator may want to look at (store failures, 503s, running
+//!   unprotected), and at `ERROR` only what needs a human: the store refused a record (another
+//!   owner claimed the key; the request may run again), a stored record is unreadable, or
+//!   re-sends gave up after a whole lease.
+//! - **Record policy**: [`IdempotencyLayer::record_policy`] decides record or release for every
+//!   response ([`policy::RecordPolicy`], with the recipe "don't keep 4xx validation failures");
+//!   [`IdempotencyLayer::expiry_header`] tells clients when their record expires.
 //!
 //! # Flow
 //!
@@ -203,6 +222,7 @@
 //! | `postgres` | no | `store::PostgresStore` over sqlx, with exactly-once effects for handlers that write to the same database |
 //! | `test-util` | no | `conformance`, the store-conformance suite for your own stores |
 //! | `client` | no | `client`, the outbound layer that gives requests a key and retries them with it |
+//! | `metrics` | no | counters, histograms and a gauge through the `metrics` facade (`metrics` module); no exporter |
 //!
 //! # Dependencies
 //!
@@ -213,9 +233,11 @@
 //! `TaskTracker` drains detached handlers; `futures-util` catches handler panics;
 //! `pin-project-lite` pins the public future and bodies; `getrandom` seeds owner tokens (and the
 //! client layer's keys and jitter);
-//! `tracing` logs; `redis` (optional) talks to Redis; `sqlx` (optional) talks to PostgreSQL; `tower` (optional, `client`) gives the
-//! client layer its retry budget and backoff, `httpdate` (optional, `client`) reads
-//! `Retry-After` dates and `serde_json` (optional, `client`) a problem's `type`.
+//! `tracing` logs and spans; `httpdate` writes the optional expiry header (and the client layer
+//! reads `Retry-After` dates with it); `redis` (optional) talks to Redis; `sqlx` (optional) talks to PostgreSQL; `metrics` (optional,
+//! `metrics`) is the facade the layer reports to, whatever exporter the application installs;
+//! `tower` (optional, `client`) gives the client layer its retry budget and backoff, and
+//! `serde_json` (optional, `client`) reads a problem's `type`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod body;
@@ -234,13 +256,17 @@ mod grpc;
 mod hex;
 pub mod key;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+mod observe;
 pub mod policy;
 pub mod problem;
 pub mod record;
 mod service;
 pub mod store;
 
-pub use crate::extensions::{IdempotencyClaim, Outcome};
+pub use crate::extensions::{IdempotencyClaim, Outcome, RejectReason};
 pub use crate::future::ResponseFuture;
 pub use crate::layer::{DetachedTasks, IdempotencyLayer};
 pub use crate::policy::Disposition;

@@ -15,8 +15,10 @@
 //! HTTP counterparts are `5xx`, `408` and `429`) release the claim; every other code, `OK`
 //! included, is recorded and replayed with its `grpc-message`.
 //!
-//! A handler overrides the default for one response by putting a [`Disposition`] into the
-//! response's extensions:
+//! A layer-wide [`RecordPolicy`] (set with
+//! [`IdempotencyLayer::record_policy`](crate::IdempotencyLayer::record_policy)) replaces these
+//! defaults ([`DefaultRecordPolicy`]) for every response; a handler overrides the policy for one
+//! response by putting a [`Disposition`] into the response's extensions:
 //!
 //! ```
 //! use http::{Response, StatusCode};
@@ -28,7 +30,7 @@
 //! res.extensions_mut().insert(Disposition::Record);
 //! ```
 
-use http::{HeaderName, Method, StatusCode, header};
+use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 
 /// What the layer does with a response; put it in the response's extensions to override the
 /// default for that response.
@@ -53,12 +55,6 @@ impl Disposition {
         }
     }
 
-    /// The `grpc-status` in `headers` (the head of a trailers-only response, or the trailers),
-    /// classified; `None` when there is none.
-    pub(crate) fn from_grpc_headers(headers: &http::HeaderMap) -> Option<Self> {
-        crate::grpc::status(headers).map(Self::for_grpc_status)
-    }
-
     /// The default for a status: release `5xx`, `408` and `429`, record everything else.
     pub fn for_status(status: StatusCode) -> Self {
         if status.is_server_error()
@@ -68,6 +64,113 @@ impl Disposition {
             Self::Release
         } else {
             Self::Record
+        }
+    }
+}
+
+/// What a [`RecordPolicy`] sees of a response: its status, its headers and its gRPC status.
+///
+/// A gRPC status may come in the head (a trailers-only answer) or in the trailers. The policy
+/// is asked when the head arrives, with the head's `grpc-status`; when it says
+/// [`Record`](Disposition::Record) and the trailers then carry a `grpc-status`, it is asked
+/// again with that one, before anything is stored.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseHead<'a> {
+    status: StatusCode,
+    headers: &'a HeaderMap,
+    grpc_status: Option<i32>,
+}
+
+impl<'a> ResponseHead<'a> {
+    /// A response head with `status` and `headers`, and the gRPC status found in `headers`.
+    ///
+    /// For unit tests of a policy; the layer makes these itself.
+    pub fn new(status: StatusCode, headers: &'a HeaderMap) -> Self {
+        Self {
+            status,
+            headers,
+            grpc_status: crate::grpc::status(headers),
+        }
+    }
+
+    /// The same head with the gRPC status of the trailers.
+    pub(crate) fn with_grpc_status(mut self, code: i32) -> Self {
+        self.grpc_status = Some(code);
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The response headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The `grpc-status` of the response (from its head, or from its trailers when the policy
+    /// is asked the second time); `None` for a plain HTTP response.
+    pub fn grpc_status(&self) -> Option<i32> {
+        self.grpc_status
+    }
+}
+
+/// Chooses, for every response of the inner service, whether it is recorded for replay or its
+/// claim released, unless the response carries its own [`Disposition`].
+///
+/// Implemented for closures `Fn(&ResponseHead<'_>) -> Disposition`. A policy that refines the
+/// default calls [`DefaultRecordPolicy`] for what it does not decide itself.
+///
+/// # Recipe: don't keep 4xx validation failures
+///
+/// axum's extractors answer a malformed body with `400` (bad JSON syntax), `415` (no JSON
+/// content type) or `422` (JSON of the wrong shape), before the handler runs. By default these
+/// are recorded, so a client that fixes its body and retries with the same key gets a `422`
+/// mismatch problem. Stripe does not keep such failures; to do the same, release them:
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_idempotency::policy::{DefaultRecordPolicy, RecordPolicy, ResponseHead};
+/// use tower_idempotency::{Disposition, IdempotencyLayer, store::MemoryStore};
+///
+/// let layer = IdempotencyLayer::new(MemoryStore::new()).record_policy(|head: &ResponseHead<'_>| {
+///     match head.status() {
+///         StatusCode::BAD_REQUEST
+///         | StatusCode::UNSUPPORTED_MEDIA_TYPE
+///         | StatusCode::UNPROCESSABLE_ENTITY => Disposition::Release,
+///         _ => DefaultRecordPolicy.disposition(head),
+///     }
+/// });
+/// # let _ = layer;
+/// ```
+///
+/// Only do this for answers that had no effect: a `400` the handler gives after it wrote
+/// something must stay recorded (the handler can say so with a [`Disposition`]).
+pub trait RecordPolicy: Send + Sync + 'static {
+    /// Record or release the response with this head.
+    fn disposition(&self, head: &ResponseHead<'_>) -> Disposition;
+}
+
+impl<F> RecordPolicy for F
+where
+    F: Fn(&ResponseHead<'_>) -> Disposition + Send + Sync + 'static,
+{
+    fn disposition(&self, head: &ResponseHead<'_>) -> Disposition {
+        self(head)
+    }
+}
+
+/// The default [`RecordPolicy`]: the gRPC status where there is one
+/// ([`Disposition::for_grpc_status`]), else the HTTP status ([`Disposition::for_status`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultRecordPolicy;
+
+impl RecordPolicy for DefaultRecordPolicy {
+    fn disposition(&self, head: &ResponseHead<'_>) -> Disposition {
+        match head.grpc_status() {
+            Some(code) => Disposition::for_grpc_status(code),
+            None => Disposition::for_status(head.status()),
         }
     }
 }
@@ -123,14 +226,32 @@ mod tests {
             );
         }
         let mut h = http::HeaderMap::new();
-        assert_eq!(Disposition::from_grpc_headers(&h), None);
+        let policy = DefaultRecordPolicy;
         h.insert("grpc-status", "14".parse().unwrap());
-        assert_eq!(
-            Disposition::from_grpc_headers(&h),
-            Some(Disposition::Release)
-        );
+        let head = ResponseHead::new(StatusCode::OK, &h);
+        assert_eq!(policy.disposition(&head), Disposition::Release);
         h.insert("grpc-status", "x".parse().unwrap());
-        assert_eq!(Disposition::from_grpc_headers(&h), None);
+        let head = ResponseHead::new(StatusCode::OK, &h);
+        assert_eq!(head.grpc_status(), None);
+        assert_eq!(policy.disposition(&head), Disposition::Record);
+    }
+
+    #[test]
+    fn the_default_policy_reads_the_grpc_status_first() {
+        let mut headers = HeaderMap::new();
+        let policy = DefaultRecordPolicy;
+        let head = ResponseHead::new(StatusCode::OK, &headers);
+        assert_eq!(policy.disposition(&head), Disposition::Record);
+        assert_eq!(
+            policy.disposition(&head.with_grpc_status(14)),
+            Disposition::Release
+        );
+        let head = ResponseHead::new(StatusCode::INTERNAL_SERVER_ERROR, &headers);
+        assert_eq!(policy.disposition(&head), Disposition::Release);
+        headers.insert("grpc-status", "5".parse().unwrap());
+        let head = ResponseHead::new(StatusCode::OK, &headers);
+        assert_eq!(head.grpc_status(), Some(5));
+        assert_eq!(policy.disposition(&head), Disposition::Record);
     }
 
     #[test]

@@ -83,7 +83,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body::Body;
 
 use crate::body::ResponseBody;
-use crate::extensions::Outcome;
+use crate::extensions::{Outcome, RejectReason};
 use crate::grpc;
 use crate::key::KeyError;
 
@@ -177,14 +177,14 @@ impl ProblemKind {
     pub(crate) fn outcome(self) -> Outcome {
         match self {
             Self::InProgress => Outcome::Conflict,
-            Self::MissingScope => Outcome::Rejected,
             Self::Mismatch => Outcome::Mismatch,
-            Self::ResponseNotStored | Self::ResultExpired => Outcome::NotStored,
+            Self::ResponseNotStored | Self::ResultExpired => Outcome::ReplayUnavailable,
             Self::StoreUnavailable => Outcome::StoreUnavailable,
-            Self::MissingKey
-            | Self::InvalidKey(_)
-            | Self::BodyTooLarge { .. }
-            | Self::UnreadableBody => Outcome::Rejected,
+            Self::MissingScope => Outcome::Rejected(RejectReason::MissingScope),
+            Self::MissingKey => Outcome::Rejected(RejectReason::MissingKey),
+            Self::InvalidKey(_) => Outcome::Rejected(RejectReason::InvalidKey),
+            Self::BodyTooLarge { .. } => Outcome::Rejected(RejectReason::BodyTooLarge),
+            Self::UnreadableBody => Outcome::Rejected(RejectReason::UnreadableBody),
         }
     }
 

@@ -11,10 +11,12 @@ use tower_service::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Config;
+use crate::extensions::Outcome;
 use crate::flow::{Execution, Flow};
 use crate::future::ResponseFuture;
 use crate::grpc::is_grpc;
 use crate::key::parse_key;
+use crate::observe;
 use crate::problem::ProblemKind;
 use crate::store::Store;
 
@@ -24,6 +26,12 @@ use crate::store::Store;
 /// default settings; see the [crate docs](crate) for the flow.
 pub struct Idempotency<S, St> {
     inner: S,
+    /// The store and the configuration behind one `Arc`: axum clones the service for every
+    /// request, passed-through ones included, and one shared count is cheaper to move than two.
+    shared: Arc<Shared<St>>,
+}
+
+struct Shared<St> {
     store: Arc<St>,
     config: Arc<Config>,
 }
@@ -38,8 +46,7 @@ impl<S, St> Idempotency<S, St> {
     pub(crate) fn from_parts(inner: S, store: Arc<St>, config: Arc<Config>) -> Self {
         Self {
             inner,
-            store,
-            config,
+            shared: Arc::new(Shared { store, config }),
         }
     }
 
@@ -63,8 +70,7 @@ impl<S: Clone, St> Clone for Idempotency<S, St> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            store: Arc::clone(&self.store),
-            config: Arc::clone(&self.config),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -74,7 +80,7 @@ impl<S: fmt::Debug, St> fmt::Debug for Idempotency<S, St> {
         f.debug_struct("Idempotency")
             .field("inner", &self.inner)
             .field("store", &std::any::type_name::<St>())
-            .field("config", &self.config)
+            .field("config", &self.shared.config)
             .finish()
     }
 }
@@ -104,8 +110,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let config = &self.config;
+        let Shared { store, config } = &*self.shared;
         if !config.methods.contains(req.method()) {
+            observe::outcome(Outcome::Bypassed, None);
             return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
         }
         let rejected = match parse_key(req.headers(), &config.header, config.max_key_len) {
@@ -113,16 +120,19 @@ where
                 // The instance that was polled ready goes with the request.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let flow = Flow::new(&self.store, config, is_grpc(req.headers()));
+                let flow = Flow::new(store, config, is_grpc(req.headers()));
+                let span = flow.span.clone();
                 let claim = Box::pin(flow.run(inner, req, key));
-                return ResponseFuture::protected(Execution::new(claim));
+                return ResponseFuture::protected(Execution::new(claim, span));
             }
             Ok(None) if !config.require_key => {
+                observe::outcome(Outcome::Bypassed, None);
                 return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
             }
             Ok(None) => ProblemKind::MissingKey,
             Err(e) => ProblemKind::InvalidKey(e),
         };
+        observe::outcome(rejected.outcome(), None);
         ResponseFuture::ready(config.problems.respond(rejected, is_grpc(req.headers())))
     }
 }

@@ -50,7 +50,7 @@ async fn fifty_duplicates_in_flight_get_409_and_the_handler_runs_once() {
     let first = read(first.await.unwrap().unwrap()).await;
     assert_eq!(first.status, StatusCode::CREATED);
     assert_eq!(first.text(), "execution 1: {\"amount\":100}");
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
 
     let retries: Vec<_> = (0..10)
         .map(|_| {
@@ -112,7 +112,7 @@ async fn waiting_duplicates_get_the_replay() {
     gate.open();
 
     let first = read(first.await.unwrap().unwrap()).await;
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
     for duplicate in duplicates {
         let reply = read(duplicate.await.unwrap().unwrap()).await;
         assert_eq!(reply.status, StatusCode::CREATED);
@@ -183,7 +183,7 @@ async fn a_waiting_duplicate_runs_when_the_owner_releases() {
     let first: Reply = read(first.await.unwrap().unwrap()).await;
     assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(first.text(), "execution 1");
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Released));
     // Exactly one waiting duplicate claims the key and runs; the others get its replay.
     let mut replies = Vec::new();
     for w in waiting {
@@ -191,7 +191,7 @@ async fn a_waiting_duplicate_runs_when_the_owner_releases() {
     }
     let executed: Vec<_> = replies
         .iter()
-        .filter(|r| r.outcome == Some(Outcome::Executed))
+        .filter(|r| r.outcome == Some(Outcome::Recorded))
         .collect();
     assert_eq!(executed.len(), 1, "{replies:?}");
     for reply in &replies {
@@ -222,6 +222,6 @@ async fn the_inner_service_that_was_polled_ready_gets_the_call() {
         assert_eq!(reply.status, StatusCode::CREATED, "{key}");
     }
     let reply = common::send(&mut svc, common::request(http::Method::GET, "/", None, "")).await;
-    assert_eq!(reply.outcome, Some(Outcome::Bypassed));
+    assert_eq!(reply.outcome, None);
     assert_eq!(counter.get(), 3);
 }

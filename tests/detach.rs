@@ -14,8 +14,8 @@ use common::{Counter, Gate, HandlerReq, entry, gated_app, post, read};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_idempotency::store::Entry;
 use tower_idempotency::store::MemoryStore;
+use tower_idempotency::store::{Entry, StoreKey};
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 /// Counts executions that start and executions that finish; each waits at the gate between.
@@ -99,7 +99,7 @@ async fn without_detach_a_dropped_client_cancels_and_releases() {
     gate.open();
     let retry = read(svc.oneshot(post("k", "{}")).await.unwrap()).await;
     assert_eq!(retry.status, StatusCode::CREATED);
-    assert_eq!(retry.outcome, Some(Outcome::Executed));
+    assert_eq!(retry.outcome, Some(Outcome::Recorded));
     assert_eq!(retry.text(), "execution 2");
     assert_eq!(counter.get(), 2);
     // The first execution never got past the gate.
@@ -140,13 +140,13 @@ async fn drain_waits_for_running_detached_handlers() {
         );
     }
     let client = read(client.await.unwrap().unwrap()).await;
-    assert_eq!(client.outcome, Some(Outcome::Executed));
+    assert_eq!(client.outcome, Some(Outcome::Recorded));
     assert_eq!(counter.get(), 2);
 
     // The layer keeps working after a drain.
     let mut svc = svc;
     let reply = common::send(&mut svc, post("c", "{}")).await;
-    assert_eq!(reply.outcome, Some(Outcome::Executed));
+    assert_eq!(reply.outcome, Some(Outcome::Recorded));
     assert_eq!(counter.get(), 3);
 }
 
@@ -200,7 +200,9 @@ impl std::io::Write for Logs {
 }
 
 /// A handler that finishes after its client went away still logs inside the request's span
-/// (the span an outer tracing layer entered when it called the layer).
+/// (the span an outer tracing layer entered when it called the layer), and inside the layer's
+/// own span for the request (`idempotency`, with the key's digest, never the key), which
+/// records the outcome once it is known.
 #[tokio::test(flavor = "current_thread")]
 async fn a_detached_handler_keeps_the_request_span() {
     use tracing::Instrument;
@@ -238,4 +240,12 @@ async fn a_detached_handler_keeps_the_request_span() {
         .find(|l| l.contains("charging the card"))
         .unwrap_or_else(|| panic!("the handler logged: {text}"));
     assert!(line.contains("request{id=7}"), "{line}");
+    let digest = StoreKey::new(None, "k").to_hex();
+    assert!(
+        line.contains(&format!(
+            "request{{id=7}}:idempotency{{key={}}}",
+            &digest[..16]
+        )),
+        "{line}"
+    );
 }

@@ -1,4 +1,5 @@
-//! §2.9 and §3 Extensions: every response carries the `Outcome` of what the layer did; the
+//! §2.9 and §3 Extensions: every response the layer answers carries the `Outcome` of what it
+//! did (a passed-through response carries none, which `Outcome::of` reads as `Bypassed`); the
 //! handler finds its `IdempotencyClaim` (scoped key and owner token) in the request.
 
 mod common;
@@ -10,9 +11,9 @@ use bytes::Bytes;
 use common::{Counter, Fault, Gate, HandlerReq, Op, Probe, gated_app, post, read, request, send};
 use http::{Method, Response};
 use http_body_util::Full;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_idempotency::store::{Entry, MemoryStore, Store, StoreErrorKind, StoreKey};
-use tower_idempotency::{IdempotencyClaim, IdempotencyLayer, Outcome};
+use tower_idempotency::{IdempotencyClaim, IdempotencyLayer, Outcome, RejectReason};
 
 #[tokio::test]
 async fn every_response_says_what_the_layer_did() {
@@ -26,15 +27,20 @@ async fn every_response_says_what_the_layer_did() {
     let outcome = |reply: common::Reply| reply.outcome;
 
     let get = request(Method::GET, "/o", Some("k"), "");
-    assert_eq!(outcome(send(&mut svc, get).await), Some(Outcome::Bypassed));
-    let unkeyed = request(Method::POST, "/o", None, "");
+    let res = svc.ready().await.unwrap().call(get).await.unwrap();
     assert_eq!(
-        outcome(send(&mut svc, unkeyed).await),
-        Some(Outcome::Bypassed)
+        res.extensions().get::<Outcome>(),
+        None,
+        "no allocation for it"
     );
+    assert_eq!(Outcome::of(&res), Outcome::Bypassed);
+    let get = request(Method::GET, "/o", Some("k"), "");
+    assert_eq!(outcome(send(&mut svc, get).await), None);
+    let unkeyed = request(Method::POST, "/o", None, "");
+    assert_eq!(outcome(send(&mut svc, unkeyed).await), None);
     assert_eq!(
         outcome(send(&mut svc, post("k", "a")).await),
-        Some(Outcome::Executed)
+        Some(Outcome::Recorded)
     );
     assert_eq!(
         outcome(send(&mut svc, post("k", "a")).await),
@@ -46,22 +52,22 @@ async fn every_response_says_what_the_layer_did() {
     );
     assert_eq!(
         outcome(send(&mut svc, post("", "a")).await),
-        Some(Outcome::Rejected)
+        Some(Outcome::Rejected(RejectReason::InvalidKey))
     );
     let big = "x".repeat(129);
     assert_eq!(
         outcome(send(&mut svc, post("big", &big)).await),
-        Some(Outcome::Rejected)
+        Some(Outcome::Rejected(RejectReason::BodyTooLarge))
     );
     // `execution 1: ` and 100 bytes: over the response cap.
     let long = "y".repeat(100);
     assert_eq!(
         outcome(send(&mut svc, post("long", &long)).await),
-        Some(Outcome::Executed)
+        Some(Outcome::NotStored)
     );
     assert_eq!(
         outcome(send(&mut svc, post("long", &long)).await),
-        Some(Outcome::NotStored)
+        Some(Outcome::ReplayUnavailable)
     );
     store.set(Op::Begin, Fault::Fail(StoreErrorKind::Unavailable));
     assert_eq!(
@@ -69,7 +75,7 @@ async fn every_response_says_what_the_layer_did() {
         Some(Outcome::StoreUnavailable)
     );
     store.clear(Op::Begin);
-    assert_eq!(counter.get(), 4);
+    assert_eq!(counter.get(), 5);
 
     // In progress.
     let (counter, gate) = (Counter::new(), Gate::new());

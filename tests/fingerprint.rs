@@ -22,7 +22,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_idempotency::body::RequestBody;
 use tower_idempotency::fingerprint::Fingerprint;
 use tower_idempotency::store::MemoryStore;
-use tower_idempotency::{IdempotencyLayer, Outcome};
+use tower_idempotency::{IdempotencyLayer, Outcome, RejectReason};
 
 /// The same key as `post("k", "{\"amount\":1}")` on `/orders`, with one part changed.
 fn variants() -> Vec<(&'static str, Request<Full<Bytes>>)> {
@@ -167,7 +167,7 @@ async fn without_fingerprint_the_body_streams_and_never_mismatches() {
     // Over `max_request_body`, yet accepted: the limit is for fingerprinting only.
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.text(), "execution 1: 16");
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
 
     // A different body under the same key is not a mismatch: it gets the replay.
     let (tx, body) = common::pipe();
@@ -194,7 +194,10 @@ async fn a_body_over_the_limit_is_413_and_claims_nothing() {
         json["detail"].as_str().unwrap().contains("16 bytes"),
         "{json}"
     );
-    assert_eq!(reply.outcome, Some(Outcome::Rejected));
+    assert_eq!(
+        reply.outcome,
+        Some(Outcome::Rejected(RejectReason::BodyTooLarge))
+    );
     assert_eq!(counter.get(), 0);
     assert_eq!(store.total_calls(), 0);
 
@@ -304,7 +307,10 @@ async fn a_body_that_fails_while_read_is_400_and_claims_nothing() {
         .unwrap();
     let reply = send(&mut svc, req).await;
     assert_problem(&reply, 400, "unreadable-body");
-    assert_eq!(reply.outcome, Some(Outcome::Rejected));
+    assert_eq!(
+        reply.outcome,
+        Some(Outcome::Rejected(RejectReason::UnreadableBody))
+    );
     assert_eq!(counter.get(), 0);
     assert_eq!(store.total_calls(), 0);
 }

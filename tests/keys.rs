@@ -6,7 +6,7 @@ mod common;
 use common::{Counter, Probe, app, assert_problem, post, request, send};
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use tower_idempotency::store::MemoryStore;
-use tower_idempotency::{IdempotencyLayer, Outcome};
+use tower_idempotency::{IdempotencyLayer, Outcome, RejectReason};
 
 fn with_key(value: &[u8]) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     let mut req = request(Method::POST, "/orders", None, "{}");
@@ -22,7 +22,7 @@ async fn bare_token_and_sf_string_spell_the_same_key() {
 
     let first = send(&mut svc, with_key(b"8e03978e-40d5")).await;
     assert_eq!(first.status, StatusCode::CREATED);
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
     for spelling in [
         &b"\"8e03978e-40d5\""[..],
         b"  8e03978e-40d5\t",
@@ -42,14 +42,14 @@ async fn sf_string_escapes_are_unescaped() {
     let mut svc = app(IdempotencyLayer::new(MemoryStore::new()), &counter);
 
     let first = send(&mut svc, with_key(br#""a\"b\\c""#)).await;
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
     // The unescaped key, sent bare, is the same key.
     let bare = send(&mut svc, with_key(br#"a"b\c"#)).await;
     assert_eq!(bare.outcome, Some(Outcome::Replayed));
     assert_eq!(bare.body, first.body);
     // The escaped text sent bare is a different key.
     let other = send(&mut svc, with_key(br#"a\"b\\c"#)).await;
-    assert_eq!(other.outcome, Some(Outcome::Executed));
+    assert_eq!(other.outcome, Some(Outcome::Recorded));
     assert_eq!(other.text(), "execution 2: {}");
     assert_eq!(counter.get(), 2);
 }
@@ -87,7 +87,11 @@ async fn invalid_keys_are_400_and_run_nothing() {
             json["detail"].as_str().unwrap().contains(detail),
             "{what}: {json}"
         );
-        assert_eq!(reply.outcome, Some(Outcome::Rejected), "{what}");
+        assert_eq!(
+            reply.outcome,
+            Some(Outcome::Rejected(RejectReason::InvalidKey)),
+            "{what}"
+        );
         assert!(!reply.headers.contains_key("retry-after"), "{what}");
     }
     assert_eq!(counter.get(), 0);
@@ -109,7 +113,10 @@ async fn a_repeated_key_header_is_400() {
         json["detail"].as_str().unwrap().contains("repeated"),
         "{json}"
     );
-    assert_eq!(reply.outcome, Some(Outcome::Rejected));
+    assert_eq!(
+        reply.outcome,
+        Some(Outcome::Rejected(RejectReason::InvalidKey))
+    );
     assert_eq!(counter.get(), 0);
     assert_eq!(store.total_calls(), 0);
 }
@@ -133,7 +140,7 @@ async fn the_longest_key_is_accepted_and_the_maximum_is_configurable() {
     let mut svc = app(IdempotencyLayer::new(MemoryStore::new()), &counter);
     let reply = send(&mut svc, with_key(&[b'k'; 255])).await;
     assert_eq!(reply.status, StatusCode::CREATED);
-    assert_eq!(reply.outcome, Some(Outcome::Executed));
+    assert_eq!(reply.outcome, Some(Outcome::Recorded));
     assert_eq!(counter.get(), 1);
 
     let counter = Counter::new();
@@ -148,7 +155,7 @@ async fn the_longest_key_is_accepted_and_the_maximum_is_configurable() {
     // The limit counts the key, not the quotes around it.
     let reply = send(&mut svc, with_key(b"\"12345678\"")).await;
     assert_eq!(reply.status, StatusCode::CREATED);
-    assert_eq!(reply.outcome, Some(Outcome::Executed));
+    assert_eq!(reply.outcome, Some(Outcome::Recorded));
     assert_eq!(counter.get(), 1);
 }
 
@@ -162,7 +169,7 @@ async fn a_missing_key_passes_through_unprotected_by_default() {
         let reply = send(&mut svc, request(Method::POST, "/orders", None, "{}")).await;
         assert_eq!(reply.status, StatusCode::CREATED);
         assert_eq!(reply.text(), format!("execution {n}: {{}}"));
-        assert_eq!(reply.outcome, Some(Outcome::Bypassed));
+        assert_eq!(reply.outcome, None);
         assert!(!reply.is_replay());
     }
     assert_eq!(counter.get(), 2);
@@ -181,7 +188,10 @@ async fn a_missing_key_is_400_when_required() {
     let reply = send(&mut svc, request(Method::POST, "/orders", None, "{}")).await;
     let json = assert_problem(&reply, 400, "missing-key");
     assert_eq!(json["title"], "Idempotency key required");
-    assert_eq!(reply.outcome, Some(Outcome::Rejected));
+    assert_eq!(
+        reply.outcome,
+        Some(Outcome::Rejected(RejectReason::MissingKey))
+    );
     assert_eq!(counter.get(), 0);
     assert_eq!(store.total_calls(), 0);
 
@@ -206,14 +216,14 @@ async fn a_custom_header_name_carries_the_key() {
     };
     let first = send(&mut svc, keyed()).await;
     let again = send(&mut svc, keyed()).await;
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
     assert_eq!(again.outcome, Some(Outcome::Replayed));
     assert_eq!(again.body, first.body);
     assert_eq!(counter.get(), 1);
 
     // `Idempotency-Key` is now an ordinary header: the request is not protected.
     let reply = send(&mut svc, post("k1", "{}")).await;
-    assert_eq!(reply.outcome, Some(Outcome::Bypassed));
+    assert_eq!(reply.outcome, None);
     assert_eq!(reply.text(), "execution 2: {}");
     // And the custom header is validated like the default one.
     let mut req = request(Method::POST, "/orders", None, "{}");

@@ -48,7 +48,7 @@ async fn a_handler_longer_than_the_lease_keeps_its_key() {
     assert!(start.elapsed() >= Duration::from_secs(10));
     let first = read(first.await.unwrap().unwrap()).await;
     assert_eq!(first.status, StatusCode::CREATED);
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
     assert_eq!(counter.get(), 1);
     // Renewed every third of the lease: about 10 / 1 times.
     let renewals = store.calls(Op::Renew);
@@ -79,7 +79,7 @@ async fn a_record_expires_with_the_store_ttl() {
 
     sleep(Duration::from_secs(2)).await;
     let later = send(&mut svc, post("k", "{}")).await;
-    assert_eq!(later.outcome, Some(Outcome::Executed));
+    assert_eq!(later.outcome, Some(Outcome::Recorded));
     assert_eq!(later.text(), "execution 2: {}");
     assert_eq!(counter.get(), 2);
 }
@@ -112,7 +112,7 @@ async fn a_claim_whose_owner_vanished_is_free_after_its_lease() {
     sleep(Duration::from_secs(2)).await;
     let reply = send(&mut svc, post("k", "{}")).await;
     assert_eq!(reply.status, StatusCode::CREATED);
-    assert_eq!(reply.outcome, Some(Outcome::Executed));
+    assert_eq!(reply.outcome, Some(Outcome::Recorded));
     assert_eq!(reply.text(), "execution 1: {}");
     assert_eq!(counter.get(), 1);
     // The vanished owner cannot overwrite the new record.

@@ -22,13 +22,13 @@ async fn noop_store_runs_every_request_but_still_validates() {
     for n in 1..=3 {
         let reply = send(&mut svc, post("k", "{}")).await;
         assert_eq!(reply.status, StatusCode::CREATED);
-        assert_eq!(reply.outcome, Some(Outcome::Executed));
+        assert_eq!(reply.outcome, Some(Outcome::Recorded));
         assert_eq!(reply.text(), format!("execution {n}: {{}}"));
         assert!(!reply.is_replay());
     }
     // Different requests under one key are no mismatch either: nothing is remembered.
     let reply = send(&mut svc, post("k", "{\"a\":1}")).await;
-    assert_eq!(reply.outcome, Some(Outcome::Executed));
+    assert_eq!(reply.outcome, Some(Outcome::Recorded));
     // Keys and bodies are still checked.
     assert_problem(&send(&mut svc, post("", "{}")).await, 400, "invalid-key");
     assert_problem(
@@ -52,7 +52,7 @@ async fn noop_store_never_conflicts() {
     gate.open();
     for call in [first, second] {
         let reply = read(call.await.unwrap().unwrap()).await;
-        assert_eq!(reply.outcome, Some(Outcome::Executed));
+        assert_eq!(reply.outcome, Some(Outcome::Recorded));
     }
 }
 
@@ -115,7 +115,7 @@ async fn boxed_store_keeps_leases_ttl_and_waiting() {
 
     tokio::time::sleep(Duration::from_secs(31)).await;
     let later = read(svc.oneshot(post("k", "a")).await.unwrap()).await;
-    assert_eq!(later.outcome, Some(Outcome::Executed));
+    assert_eq!(later.outcome, Some(Outcome::Recorded));
     assert_eq!(counter.get(), 2);
 }
 
@@ -125,7 +125,7 @@ async fn boxed_noop_store_runs_every_request() {
     let mut svc = app(IdempotencyLayer::new(boxed(false)), &counter);
     for _ in 0..2 {
         let reply = send(&mut svc, post("k", "a")).await;
-        assert_eq!(reply.outcome, Some(Outcome::Executed));
+        assert_eq!(reply.outcome, Some(Outcome::Recorded));
     }
     assert_eq!(counter.get(), 2);
 }

@@ -290,7 +290,7 @@ async fn a_handler_whose_lease_was_taken_over_cannot_commit() {
     app.second_gate.open();
     let second = second.await.unwrap();
     assert_eq!(second.status, StatusCode::CREATED, "{second:?}");
-    assert_eq!(second.outcome, Some(Outcome::Executed));
+    assert_eq!(second.outcome, Some(Outcome::Recorded));
 
     let second_json: Value = serde_json::from_slice(&second.body).unwrap();
     assert_eq!(second_json["run"], 2);

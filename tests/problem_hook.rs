@@ -11,7 +11,7 @@ use http::{Method, Response, StatusCode};
 use tower::ServiceExt;
 use tower_idempotency::problem::{Problem, ProblemKind};
 use tower_idempotency::store::{MemoryStore, StoreErrorKind};
-use tower_idempotency::{IdempotencyLayer, Outcome};
+use tower_idempotency::{IdempotencyLayer, Outcome, RejectReason};
 
 type Layer = IdempotencyLayer<Arc<Probe<MemoryStore>>>;
 
@@ -62,8 +62,8 @@ async fn the_hook_replaces_status_and_body_and_the_outcome_stays() {
     store.clear(Op::Begin);
 
     let cases = [
-        (&missing, 400, Outcome::Rejected),
-        (&invalid, 400, Outcome::Rejected),
+        (&missing, 400, Outcome::Rejected(RejectReason::MissingKey)),
+        (&invalid, 400, Outcome::Rejected(RejectReason::InvalidKey)),
         (&conflict, 409, Outcome::Conflict),
         (&mismatch, 422, Outcome::Mismatch),
         (&down, 503, Outcome::StoreUnavailable),

@@ -54,7 +54,8 @@ async fn answers_as_the_curl_lines_say(store: BoxStore) {
     tokio::spawn(async move { axum::serve(listener, quickstart::app(store)).await.unwrap() });
 
     let lines = quickstart::curl_lines(&base);
-    assert_eq!(lines.matches("curl ").count(), 5, "{lines}");
+    let curls = if cfg!(feature = "metrics") { 6 } else { 5 };
+    assert_eq!(lines.matches("curl ").count(), curls, "{lines}");
     let run = OwnerToken::generate();
     let (order_1, order_2) = (format!("order-1-{run}"), format!("order-2-{run}"));
 
@@ -113,4 +114,55 @@ async fn on_redis() {
     let store =
         RedisStore::new(connection, Duration::from_secs(60)).with_prefix("quickstart-test:");
     answers_as_the_curl_lines_say(BoxStore::new(store)).await;
+}
+
+/// With the feature `metrics`: the printed `/metrics` line shows `replayed` going up after the
+/// printed replay line (step 2).
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn metrics_show_the_replay() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    quickstart::prometheus();
+    let store = BoxStore::new(MemoryStore::new());
+    tokio::spawn(async move { axum::serve(listener, quickstart::app(store)).await.unwrap() });
+    let lines = quickstart::curl_lines(&base);
+    assert!(
+        lines.contains(&format!(
+            "curl -s {base}/metrics | grep idempotency_requests_total"
+        )),
+        "{lines}"
+    );
+
+    let replayed = |page: &str| -> u64 {
+        page.lines()
+            .find(|l| l.starts_with("idempotency_requests_total{outcome=\"replayed\"}"))
+            .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    };
+    let key = format!("metrics-{}", OwnerToken::generate());
+    let book = r#"{"item":"book","quantity":1}"#;
+    assert_eq!(post(&base, &key, book).await.status, 201);
+    let before = replayed(&get(&format!("{base}/metrics")).await);
+    let retry = post(&base, &key, book).await;
+    assert!(retry.replayed);
+    let page = get(&format!("{base}/metrics")).await;
+    // Other tests in this process may replay too: at least this one.
+    assert!(replayed(&page) > before, "{page}");
+    assert!(
+        page.contains("idempotency_requests_total{outcome=\"recorded\"}"),
+        "{page}"
+    );
+    assert!(
+        page.contains("idempotency_store_duration_seconds"),
+        "{page}"
+    );
+}
+
+#[cfg(feature = "metrics")]
+async fn get(url: &str) -> String {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let res = client.get(url.parse().unwrap()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
 }

@@ -1,5 +1,6 @@
 //! §2.7 Record or release: which results are kept for replay and which free the key for a
-//! retry; the `Disposition` override; panics; responses over the size cap.
+//! retry; the layer-wide record policy and the `Disposition` override above it; panics;
+//! responses over the size cap.
 
 mod common;
 
@@ -13,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_idempotency::body::ResponseBody;
+use tower_idempotency::policy::{DefaultRecordPolicy, RecordPolicy, ResponseHead};
 use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{Disposition, IdempotencyLayer, Outcome};
 
@@ -58,11 +60,11 @@ async fn retryable_statuses_release_the_key() {
         let first = send(&mut svc, post("k", "{}")).await;
         assert_eq!(first.status.as_u16(), status);
         assert_eq!(first.text(), "execution 1");
-        assert_eq!(first.outcome, Some(Outcome::Executed));
+        assert_eq!(first.outcome, Some(Outcome::Released));
         let retry = send(&mut svc, post("k", "{}")).await;
         assert_eq!(retry.status, StatusCode::CREATED, "{status}");
         assert_eq!(retry.text(), "execution 2", "{status}");
-        assert_eq!(retry.outcome, Some(Outcome::Executed));
+        assert_eq!(retry.outcome, Some(Outcome::Recorded));
         // The success is kept.
         let again = send(&mut svc, post("k", "{}")).await;
         assert_eq!(again.outcome, Some(Outcome::Replayed), "{status}");
@@ -109,9 +111,9 @@ async fn disposition_overrides_the_default() {
     let mut svc = scripted(layer, &counter, vec![(201, Some(Disposition::Release))]);
     let first = send(&mut svc, post("k", "{}")).await;
     assert_eq!(first.status, StatusCode::CREATED);
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Released));
     let retry = send(&mut svc, post("k", "{}")).await;
-    assert_eq!(retry.outcome, Some(Outcome::Executed));
+    assert_eq!(retry.outcome, Some(Outcome::Recorded));
     assert_eq!(retry.text(), "execution 2");
     assert_eq!(counter.get(), 2);
 }
@@ -142,7 +144,7 @@ async fn an_inner_error_is_passed_on_and_releases_the_key() {
     let retry = send(&mut svc, post("k", "{}")).await;
     assert_eq!(retry.status, StatusCode::OK);
     assert_eq!(retry.text(), "execution 2");
-    assert_eq!(retry.outcome, Some(Outcome::Executed));
+    assert_eq!(retry.outcome, Some(Outcome::Recorded));
     let again = send(&mut svc, post("k", "{}")).await;
     assert_eq!(again.outcome, Some(Outcome::Replayed));
     assert_eq!(counter.get(), 2);
@@ -191,7 +193,7 @@ async fn a_panic_propagates_and_frees_the_key_at_once() {
 
         let retry = read(svc.clone().oneshot(post("k", "{}")).await.unwrap()).await;
         assert_eq!(retry.status, StatusCode::CREATED, "detach({detach})");
-        assert_eq!(retry.outcome, Some(Outcome::Executed));
+        assert_eq!(retry.outcome, Some(Outcome::Recorded));
         assert_eq!(retry.text(), "execution 2: {}");
         assert_eq!(counter.get(), 2);
     }
@@ -246,7 +248,7 @@ async fn a_response_over_the_cap_streams_whole_and_is_not_replayed() {
 
     let first = send(&mut svc, post("k", "{}")).await;
     assert_eq!(first.status, StatusCode::CREATED);
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::NotStored));
     assert_eq!(
         first.body.as_ref(),
         big.as_slice(),
@@ -258,7 +260,7 @@ async fn a_response_over_the_cap_streams_whole_and_is_not_replayed() {
         let json = assert_problem(&retry, 409, "response-not-stored");
         assert_eq!(json["title"], "Response not stored");
         assert!(!retry.headers.contains_key("retry-after"));
-        assert_eq!(retry.outcome, Some(Outcome::NotStored));
+        assert_eq!(retry.outcome, Some(Outcome::ReplayUnavailable));
     }
     // A different request under the key is still a mismatch.
     assert_problem(&send(&mut svc, post("k", "other")).await, 422, "mismatch");
@@ -305,7 +307,7 @@ async fn a_response_over_the_cap_is_not_held_back() {
     tx.data("56789").await;
     // The head arrives while the handler's body is still open.
     let res = svc.clone().oneshot(post("k", "{}")).await.unwrap();
-    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::Executed));
+    assert_eq!(res.extensions().get::<Outcome>(), Some(&Outcome::NotStored));
     let mut body = res.into_body();
     let head = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(head, "0123456789");
@@ -357,7 +359,7 @@ async fn a_response_body_that_fails_releases_the_key() {
     assert!(matches!(body.frame().await, Some(Err(Broken))));
 
     let retry: Reply = send(&mut svc, post("k", "{}")).await;
-    assert_eq!(retry.outcome, Some(Outcome::Executed));
+    assert_eq!(retry.outcome, Some(Outcome::Recorded));
     assert_eq!(retry.text(), "whole");
     assert_eq!(counter.get(), 2);
 }
@@ -395,7 +397,7 @@ async fn a_retryable_grpc_status_in_the_trailers_releases_the_key() {
     let retry = send(&mut svc, post("g", "{}")).await;
     assert_eq!(
         retry.outcome,
-        Some(Outcome::Executed),
+        Some(Outcome::Recorded),
         "the key was released"
     );
     assert_eq!(retry.trailers.as_ref().unwrap()["grpc-status"], "0");
@@ -416,4 +418,143 @@ async fn a_retryable_grpc_status_in_the_trailers_releases_the_key() {
     assert_eq!(replayed.outcome, Some(Outcome::Replayed));
     assert_eq!(replayed.trailers.as_ref().unwrap()["grpc-status"], "14");
     assert_eq!(counter.get(), 3);
+}
+
+/// An axum app whose handler takes `Json`, counting the executions the handler itself sees.
+fn json_app(layer: IdempotencyLayer<MemoryStore>, counter: &Counter) -> axum::Router {
+    #[derive(serde::Deserialize)]
+    struct Order {
+        #[allow(dead_code)]
+        item: String,
+    }
+    let counter = counter.clone();
+    axum::Router::new()
+        .route(
+            "/orders",
+            axum::routing::post(move |axum::Json(_order): axum::Json<Order>| {
+                let n = counter.hit();
+                async move { (StatusCode::CREATED, format!("order {n}")) }
+            }),
+        )
+        .layer(layer)
+}
+
+fn json_order(key: &str, body: &'static str) -> http::Request<axum::body::Body> {
+    http::Request::post("/orders")
+        .header("idempotency-key", key)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body))
+        .unwrap()
+}
+
+/// The recipe of `RecordPolicy`'s docs: axum's JSON rejections are released, not kept.
+fn no_validation_failures(head: &ResponseHead<'_>) -> Disposition {
+    match head.status() {
+        StatusCode::BAD_REQUEST
+        | StatusCode::UNSUPPORTED_MEDIA_TYPE
+        | StatusCode::UNPROCESSABLE_ENTITY => Disposition::Release,
+        _ => DefaultRecordPolicy.disposition(head),
+    }
+}
+
+#[tokio::test]
+async fn by_default_a_json_rejection_is_kept_and_the_fixed_body_is_a_mismatch() {
+    let counter = Counter::new();
+    let app = json_app(IdempotencyLayer::new(MemoryStore::new()), &counter);
+    let bad = read(
+        app.clone()
+            .oneshot(json_order("k", "{\"item\":"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.outcome, Some(Outcome::Recorded));
+    let fixed = read(
+        app.oneshot(json_order("k", "{\"item\":\"tea\"}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&fixed, 422, "mismatch");
+    assert_eq!(counter.get(), 0);
+}
+
+#[tokio::test]
+async fn a_policy_that_releases_validation_failures_lets_the_fixed_body_run() {
+    let counter = Counter::new();
+    let layer = IdempotencyLayer::new(MemoryStore::new()).record_policy(no_validation_failures);
+    let app = json_app(layer, &counter);
+    for (bad, status) in [
+        ("{\"item\":", StatusCode::BAD_REQUEST),
+        ("{\"qty\":1}", StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let reply = read(app.clone().oneshot(json_order("k", bad)).await.unwrap()).await;
+        assert_eq!(reply.status, status);
+        assert_eq!(reply.outcome, Some(Outcome::Released));
+    }
+    let fixed = read(
+        app.clone()
+            .oneshot(json_order("k", "{\"item\":\"tea\"}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(fixed.status, StatusCode::CREATED);
+    assert_eq!(fixed.outcome, Some(Outcome::Recorded));
+    let again = read(
+        app.oneshot(json_order("k", "{\"item\":\"tea\"}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(again.outcome, Some(Outcome::Replayed));
+    assert_eq!(again.text(), "order 1");
+    assert_eq!(counter.get(), 1);
+}
+
+#[tokio::test]
+async fn a_responses_disposition_wins_over_the_policy() {
+    let counter = Counter::new();
+    // A policy that keeps nothing, and a handler that wants its 201 kept.
+    let layer = IdempotencyLayer::new(MemoryStore::new())
+        .record_policy(|_: &ResponseHead<'_>| Disposition::Release);
+    let mut svc = scripted(
+        layer.clone(),
+        &counter,
+        vec![(201, Some(Disposition::Record)), (201, None)],
+    );
+    let first = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
+    let retry = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(retry.outcome, Some(Outcome::Replayed));
+    let other = send(&mut svc, post("j", "{}")).await;
+    assert_eq!(other.outcome, Some(Outcome::Released), "the policy decides");
+    assert_eq!(counter.get(), 2);
+}
+
+#[tokio::test]
+async fn the_policy_sees_a_grpc_status_in_the_trailers() {
+    // A policy that keeps UNAVAILABLE (14), which the default releases.
+    let policy = |head: &ResponseHead<'_>| match head.grpc_status() {
+        Some(14) => Disposition::Record,
+        _ => DefaultRecordPolicy.disposition(head),
+    };
+    let counter = Counter::new();
+    let c = counter.clone();
+    let mut svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(MemoryStore::new()).record_policy(policy))
+        .service_fn(move |_req: HandlerReq| {
+            c.hit();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "14".parse().unwrap());
+            let body = Frames::new(&[b"msg"], Some(trailers));
+            async move { Ok::<_, Infallible>(Response::new(body)) }
+        });
+    let first = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
+    let retry = send(&mut svc, post("k", "{}")).await;
+    assert_eq!(retry.outcome, Some(Outcome::Replayed));
+    assert_eq!(retry.trailers.as_ref().unwrap()["grpc-status"], "14");
+    assert_eq!(counter.get(), 1);
 }

@@ -149,7 +149,7 @@ async fn exactly_once(apps: &[App], runs: &Runs, keys: usize, duplicates: usize,
         assert_eq!(answers.len(), duplicates);
         let executed: Vec<_> = answers
             .iter()
-            .filter(|a| a.outcome == Some(Outcome::Executed))
+            .filter(|a| a.outcome.is_some_and(Outcome::executed))
             .collect();
         assert_eq!(executed.len(), 1, "{key}: {answers:?}");
         let first = executed[0];
@@ -157,7 +157,7 @@ async fn exactly_once(apps: &[App], runs: &Runs, keys: usize, duplicates: usize,
         assert!(!first.replayed);
         for a in answers
             .iter()
-            .filter(|a| a.outcome != Some(Outcome::Executed))
+            .filter(|a| !a.outcome.is_some_and(Outcome::executed))
         {
             match a.outcome {
                 Some(Outcome::Replayed) => {
@@ -272,7 +272,7 @@ async fn faulty(
     let runs = Runs::default();
     let app = app(layer, &runs, delay, hook);
     // Load the scripts, so that a paused call is the script itself.
-    assert_eq!(send(&app, "warm-up").await.outcome, Some(Outcome::Executed));
+    assert_eq!(send(&app, "warm-up").await.outcome, Some(Outcome::Recorded));
     (app, runs)
 }
 
@@ -300,7 +300,7 @@ async fn paused_during_begin() {
     tokio::time::sleep_until((paused + Duration::from_millis(1100)).into()).await;
     let a = loop {
         let a = send(&app, "k").await;
-        if a.outcome == Some(Outcome::Executed) {
+        if a.outcome == Some(Outcome::Recorded) {
             break a;
         }
         assert_eq!(a.status, StatusCode::CONFLICT, "{a:?}");
@@ -345,7 +345,7 @@ async fn a_client_that_gives_up_during_a_paused_begin_leaves_no_claim() {
     let deadline = paused + pause + Duration::from_secs(2);
     let a = loop {
         let a = send(&app, "k").await;
-        if a.outcome == Some(Outcome::Executed) {
+        if a.outcome == Some(Outcome::Recorded) {
             break a;
         }
         assert_eq!(a.status, StatusCode::CONFLICT, "{a:?}");
@@ -383,7 +383,7 @@ async fn paused_during_complete() {
     let started = Instant::now();
     let a = send(&app, "k").await;
     assert_eq!(a.status, StatusCode::CREATED, "{a:?}");
-    assert_eq!(a.outcome, Some(Outcome::Executed));
+    assert_eq!(a.outcome, Some(Outcome::Recorded));
     assert!(!a.replayed);
     assert!(
         started.elapsed() < Duration::from_millis(800),
@@ -415,7 +415,7 @@ async fn server_down_then_restarted() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let executed = loop {
         let a = send(&app, "k").await;
-        if a.outcome == Some(Outcome::Executed) {
+        if a.outcome == Some(Outcome::Recorded) {
             break a;
         }
         assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{a:?}");
@@ -465,7 +465,7 @@ async fn slow_handler_keeps_its_claim() {
         assert_eq!(a.status, StatusCode::CONFLICT, "{a:?}");
     }
     let first = first.await.unwrap();
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
     let again = send(&app, "slow").await;
     assert_eq!(again.outcome, Some(Outcome::Replayed));
     assert_eq!(again.body, first.body);
@@ -493,7 +493,7 @@ async fn connection_killed_while_handler_runs() {
     // The handler answers a little after the kill, so that the manager hears of it first.
     let app = app(layer, &runs, Duration::from_millis(200), hook);
     let a = send(&app, "k").await;
-    assert_eq!(a.outcome, Some(Outcome::Executed), "{a:?}");
+    assert_eq!(a.outcome, Some(Outcome::Recorded), "{a:?}");
     let b = send(&app, "k").await;
     assert_eq!(b.outcome, Some(Outcome::Replayed), "{b:?}");
     assert_eq!(b.body, a.body);

@@ -65,7 +65,7 @@ async fn a_replay_has_the_same_status_headers_body_and_trailers() {
 
     let first = send(&mut svc, post("k", "{}")).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
     assert_eq!(first.body.as_ref(), binary().as_slice());
     assert!(!first.headers.contains_key("idempotent-replayed"));
     // The first client gets every header the handler set.
@@ -294,13 +294,13 @@ async fn a_retry_after_the_response_expired_gets_result_expired() {
     let json = assert_problem(&late, 409, "result-expired");
     assert_eq!(json["title"], "Result expired");
     assert!(!late.headers.contains_key("retry-after"));
-    assert_eq!(late.outcome, Some(Outcome::NotStored));
+    assert_eq!(late.outcome, Some(Outcome::ReplayUnavailable));
     let other = send(&mut svc, post("k", "{\"amount\":2}")).await;
     assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(counter.get(), 1);
 
     tokio::time::advance(std::time::Duration::from_secs(3600)).await;
     let again = send(&mut svc, post("k", "{\"amount\":1}")).await;
-    assert_eq!(again.outcome, Some(Outcome::Executed));
+    assert_eq!(again.outcome, Some(Outcome::Recorded));
     assert_eq!(counter.get(), 2);
 }

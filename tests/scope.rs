@@ -10,7 +10,7 @@ use common::{Counter, HandlerReq, Probe, app, assert_problem, echo, post, send};
 use http::{Request, StatusCode};
 use tower::ServiceBuilder;
 use tower_idempotency::store::MemoryStore;
-use tower_idempotency::{IdempotencyLayer, Outcome};
+use tower_idempotency::{IdempotencyLayer, Outcome, RejectReason};
 
 fn tenant_scope(layer: IdempotencyLayer<MemoryStore>) -> IdempotencyLayer<MemoryStore> {
     layer.scope(|req| {
@@ -41,8 +41,8 @@ async fn two_scopes_with_the_same_key_both_execute() {
         as_tenant("mallory", post("k", "{\"to\":\"bob\"}")),
     )
     .await;
-    assert_eq!(alice.outcome, Some(Outcome::Executed));
-    assert_eq!(mallory.outcome, Some(Outcome::Executed));
+    assert_eq!(alice.outcome, Some(Outcome::Recorded));
+    assert_eq!(mallory.outcome, Some(Outcome::Recorded));
     assert_eq!(alice.text(), "execution 1: {\"to\":\"bob\"}");
     assert_eq!(mallory.text(), "execution 2: {\"to\":\"bob\"}");
     assert!(!mallory.is_replay());
@@ -73,7 +73,7 @@ async fn a_different_request_in_another_scope_is_no_mismatch() {
     let b = send(&mut svc, as_tenant("b", post("k", "two"))).await;
     assert_eq!(a.status, StatusCode::CREATED);
     assert_eq!(b.status, StatusCode::CREATED);
-    assert_eq!(b.outcome, Some(Outcome::Executed));
+    assert_eq!(b.outcome, Some(Outcome::Recorded));
     assert_eq!(b.text(), "execution 2: two");
     // Within one scope the same change is a mismatch.
     let a2 = send(&mut svc, as_tenant("a", post("k", "two"))).await;
@@ -98,7 +98,7 @@ async fn scope_and_key_are_folded_in_unambiguously() {
         send(&mut svc, as_tenant("", post("abc", "x"))).await,
     ];
     for (i, reply) in replies.iter().enumerate() {
-        assert_eq!(reply.outcome, Some(Outcome::Executed), "{i}");
+        assert_eq!(reply.outcome, Some(Outcome::Recorded), "{i}");
         assert_eq!(reply.text(), format!("execution {}: x", i + 1));
     }
     assert_eq!(counter.get(), 4);
@@ -133,7 +133,7 @@ async fn scope_from_an_extension_set_by_an_outer_layer() {
     let one_again = send(&mut svc, user("1")).await;
     assert_eq!(one.text(), "execution 1: {}");
     assert_eq!(two.text(), "execution 2: {}");
-    assert_eq!(two.outcome, Some(Outcome::Executed));
+    assert_eq!(two.outcome, Some(Outcome::Recorded));
     assert_eq!(one_again.outcome, Some(Outcome::Replayed));
     assert_eq!(one_again.body, one.body);
     assert_eq!(counter.get(), 2);
@@ -179,7 +179,10 @@ async fn a_layer_outside_authentication_fails_closed() {
     let one = send(&mut svc, as_user("1", post("pay-1", "{}"))).await;
     let json = assert_problem(&one, 403, "missing-scope");
     assert_eq!(json["title"], "Idempotency scope missing");
-    assert_eq!(one.outcome, Some(Outcome::Rejected));
+    assert_eq!(
+        one.outcome,
+        Some(Outcome::Rejected(RejectReason::MissingScope))
+    );
     // Another user with the same key, and a request with no credentials: refused the same way,
     // never served the first one's response.
     let two = send(&mut svc, as_user("2", post("pay-1", "{}"))).await;
@@ -203,12 +206,12 @@ async fn anonymous_requests_share_keys_only_when_told() {
         .service_fn(move |req: HandlerReq| echo(c.clone(), req));
 
     let anonymous = send(&mut svc, post("k", "{}")).await;
-    assert_eq!(anonymous.outcome, Some(Outcome::Executed));
+    assert_eq!(anonymous.outcome, Some(Outcome::Recorded));
     let again = send(&mut svc, post("k", "{}")).await;
     assert_eq!(again.outcome, Some(Outcome::Replayed));
     // A user's request with the same key is in the user's own scope.
     let user = send(&mut svc, as_user("7", post("k", "{}"))).await;
-    assert_eq!(user.outcome, Some(Outcome::Executed));
+    assert_eq!(user.outcome, Some(Outcome::Recorded));
     assert_eq!(counter.get(), 2);
 }
 

@@ -48,7 +48,7 @@ async fn a_failing_begin_is_503_and_runs_nothing() {
         // Once the store is back, the key works.
         store.clear(Op::Begin);
         let reply = send(&mut svc, post("k", "{}")).await;
-        assert_eq!(reply.outcome, Some(Outcome::Executed), "{kind:?}");
+        assert_eq!(reply.outcome, Some(Outcome::Recorded), "{kind:?}");
         assert_eq!(counter.get(), 1, "{kind:?}");
     }
 }
@@ -103,7 +103,7 @@ async fn a_begin_that_landed_but_reported_an_error_runs_once() {
 
         let reply = send(&mut svc, post("k", "{}")).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{kind:?}: {reply:?}");
-        assert_eq!(reply.outcome, Some(Outcome::Executed), "{kind:?}");
+        assert_eq!(reply.outcome, Some(Outcome::Recorded), "{kind:?}");
         assert_eq!(reply.text(), "execution 1: {}");
         assert_eq!(store.calls(Op::Get), 1, "{kind:?}: the key was read back");
         assert_eq!(counter.get(), 1);
@@ -143,7 +143,7 @@ async fn a_landed_begin_that_cannot_be_read_back_fails_closed_and_is_released() 
         "the stray claim was released"
     );
     let reply = send(&mut svc, post("k", "{}")).await;
-    assert_eq!(reply.outcome, Some(Outcome::Executed));
+    assert_eq!(reply.outcome, Some(Outcome::Recorded));
     assert_eq!(counter.get(), 1);
     assert!(send(&mut svc, post("k", "{}")).await.is_replay());
 }
@@ -181,7 +181,7 @@ async fn a_lost_complete_is_re_sent_and_retries_get_the_replay() {
     // The store fails the record: the client still gets the handler's answer.
     let first = send(&mut svc, post("k", "{}")).await;
     assert_eq!(first.status, StatusCode::CREATED);
-    assert_eq!(first.outcome, Some(Outcome::Executed));
+    assert_eq!(first.outcome, Some(Outcome::Recorded));
     assert_eq!(first.text(), "execution 1: {}");
 
     // Meanwhile the claim holds: retries get 409, never a second run.
@@ -226,7 +226,7 @@ async fn a_complete_that_never_lands_lets_the_lease_run_out() {
     // key is free again.
     sleep(Duration::from_secs(2)).await;
     let later = send(&mut svc, post("k", "{}")).await;
-    assert_eq!(later.outcome, Some(Outcome::Executed));
+    assert_eq!(later.outcome, Some(Outcome::Recorded));
     assert_eq!(later.text(), "execution 2: {}");
     assert_eq!(counter.get(), 2);
 }
@@ -353,7 +353,7 @@ async fn a_client_that_gives_up_during_the_claim_leaves_no_claim() {
     assert_eq!(store.calls(Op::Release), 1);
     let retry = send(&mut svc, post("k", "{}")).await;
     assert_eq!(retry.status, StatusCode::CREATED);
-    assert_eq!(retry.outcome, Some(Outcome::Executed));
+    assert_eq!(retry.outcome, Some(Outcome::Recorded));
     assert_eq!(counter.get(), 1);
 }
 

@@ -142,7 +142,7 @@ impl IdempotentRetryLayer {
     /// Each covered request deposits into it, each retry withdraws; when it is spent, the
     /// retryable answer is handed back instead of being retried. It keeps a failing
     /// dependency from being hit by a storm of retries. Pass any tower
-    /// [`Budget`](tower::retry::budget::Budget), e.g.
+    /// [`Budget`](https://docs.rs/tower/0.5/tower/retry/budget/trait.Budget.html), e.g.
     /// `TpsBudget::new(Duration::from_secs(10), 10, 0.2)`.
     pub fn budget(self, budget: impl Budget + Send + Sync + 'static) -> Self {
         let budget: Arc<dyn Budget + Send + Sync> = Arc::new(budget);

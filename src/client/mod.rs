@@ -8,8 +8,8 @@
 //! retried, over any `Service<http::Request<_>>` that answers `http::Response<_>`:
 //! hyper-util's `Client`, a tonic `Channel`, or a stack around them. It is the client half of
 //! [`IdempotencyLayer`](crate::IdempotencyLayer), and follows tower's `Retry` middleware
-//! where that fits: tower's [retry budget](tower::retry::budget) and [exponential
-//! backoff](tower::retry::backoff), `Error = S::Error`, the inner service cloned for each
+//! where that fits: tower's [retry budget](https://docs.rs/tower/0.5/tower/retry/budget/index.html) and [exponential
+//! backoff](https://docs.rs/tower/0.5/tower/retry/backoff/index.html), `Error = S::Error`, the inner service cloned for each
 //! attempt.
 //!
 //! ```

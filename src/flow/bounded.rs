@@ -1,5 +1,6 @@
 //! The store-call timeout: every store call the layer makes is bounded by
-//! [`store_timeout`](crate::IdempotencyLayer::store_timeout).
+//! [`store_timeout`](crate::IdempotencyLayer::store_timeout), and timed here for the store
+//! latency histogram (feature `metrics`; without it, nothing is timed).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,21 +10,25 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 
 use super::Flow;
+use crate::observe::{Started, StoreOp};
 use crate::store::{StoreError, StoreErrorKind};
 
 impl<St> Flow<St> {
-    /// Runs a store call under the layer's store timeout.
-    pub(super) fn bounded<F: Future>(&self, op: F) -> Bounded<F> {
-        bounded(self.config.store_timeout, op)
+    /// Runs the store call `kind` under the layer's store timeout.
+    pub(super) fn bounded<F: Future>(&self, kind: StoreOp, op: F) -> Bounded<F> {
+        bounded(self.config.store_timeout, kind, op)
     }
 }
 
-/// Runs a store call under `limit`: past it, the call fails with [`StoreErrorKind::Timeout`].
-pub(crate) fn bounded<F: Future>(limit: Duration, op: F) -> Bounded<F> {
+/// Runs the store call `kind` under `limit`: past it, the call fails with
+/// [`StoreErrorKind::Timeout`].
+pub(crate) fn bounded<F: Future>(limit: Duration, kind: StoreOp, op: F) -> Bounded<F> {
     Bounded {
         op,
         limit,
         timer: None,
+        kind,
+        started: None,
     }
 }
 
@@ -39,6 +44,9 @@ pin_project! {
         op: F,
         limit: Duration,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        kind: StoreOp,
+        // Set at the first poll (zero-sized without the feature `metrics`).
+        started: Option<Started>,
     }
 }
 
@@ -50,7 +58,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let started = *this.started.get_or_insert_with(Started::now);
         if let Poll::Ready(result) = this.op.poll(cx) {
+            started.finished(*this.kind, &result);
             return Poll::Ready(result);
         }
         let limit = *this.limit;
@@ -58,7 +68,11 @@ where
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(StoreError::new(StoreErrorKind::Timeout))),
+            Poll::Ready(()) => {
+                let result = Err(StoreError::new(StoreErrorKind::Timeout));
+                started.finished(*this.kind, &result);
+                Poll::Ready(result)
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -71,9 +85,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_store_call_past_its_limit_times_out() {
         let never = std::future::pending::<Result<(), StoreError>>();
-        let err = bounded(Duration::from_millis(10), never).await.unwrap_err();
+        let err = bounded(Duration::from_millis(10), StoreOp::Get, never)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), StoreErrorKind::Timeout);
         let ready = async { Ok::<_, StoreError>(7) };
-        assert_eq!(bounded(Duration::ZERO, ready).await.unwrap(), 7);
+        assert_eq!(
+            bounded(Duration::ZERO, StoreOp::Get, ready).await.unwrap(),
+            7
+        );
     }
 }

@@ -13,6 +13,7 @@ use super::coalesce::{Followed, Joined, Lead, Local, follow};
 use super::execution::ClaimInFlight;
 use super::settle::Settle;
 use crate::fingerprint::Fingerprint;
+use crate::observe::StoreOp;
 use crate::problem::ProblemKind;
 use crate::record::Record;
 use crate::store::{
@@ -54,7 +55,7 @@ impl<St: Store> Flow<St> {
             };
             let begin = self.store.begin(key, fingerprint, token, self.config.lease);
             let in_flight = ClaimInFlight::arm(self, key, token);
-            let begun = match self.bounded(begin).await {
+            let begun = match self.bounded(StoreOp::Begin, begin).await {
                 Ok(found) => Ok(found),
                 // Rare: boxed, to keep every request's future small.
                 Err(e) => Box::pin(self.resolve(key, token, e)).await,
@@ -105,7 +106,7 @@ impl<St: Store> Flow<St> {
     /// Waits until the owner of `key` may be done, or a short pause when the store cannot say.
     async fn wait_for_owner(&self, key: &StoreKey, deadline: Instant, now: Instant) {
         let wait = self.store.wait(key, deadline - now);
-        if let Err(e) = bounded(deadline - now, wait).await {
+        if let Err(e) = bounded(deadline - now, StoreOp::Wait, wait).await {
             tracing::debug!(error = %e, "waiting for the owner failed");
             let pause = deadline.min(now + DEFAULT_POLL_INTERVAL);
             tokio::time::sleep_until(pause).await;
@@ -124,7 +125,7 @@ impl<St: Store> Flow<St> {
             return Err(error);
         }
         tracing::debug!(error = %error, "begin failed; reading the key back");
-        match self.bounded(self.store.get(key)).await {
+        match self.bounded(StoreOp::Get, self.store.get(key)).await {
             Ok(Some(entry)) => Ok(entry.begin_for(token)),
             // The claim did not land, or the store cannot say: nothing ran, fail as asked.
             Ok(None) | Err(_) => Err(error),

@@ -17,7 +17,8 @@ use super::settle::Settle;
 use crate::body::{Buffered, RequestBody, ResponseBody, buffer};
 use crate::extensions::Outcome;
 use crate::fingerprint::Fingerprint;
-use crate::policy::Disposition;
+use crate::observe::{self, StoreOp};
+use crate::policy::{Disposition, ResponseHead};
 use crate::record::Record;
 use crate::store::Store;
 
@@ -61,38 +62,43 @@ impl<St: Store> Owner<St> {
             let res = match self.renewing(call).await {
                 Err(panic) => {
                     self.release("the handler panicked").await;
+                    self.claim.flow.outcome(Outcome::Released);
                     std::panic::resume_unwind(panic)
                 }
                 Ok(Err(e)) => {
                     self.release("the handler failed").await;
+                    self.claim.flow.outcome(Outcome::Released);
                     return Err(e);
                 }
                 Ok(Ok(res)) => res,
             };
             let (mut parts, body) = res.into_parts();
-            // The handler's own word first, then a gRPC status in the head, then the HTTP status.
+            // The handler's own word first, then the layer's policy.
             let chosen = parts.extensions.get::<Disposition>().copied();
-            let disposition = chosen
-                .or_else(|| Disposition::from_grpc_headers(&parts.headers))
-                .unwrap_or_else(|| Disposition::for_status(parts.status));
-            parts.extensions.insert(Outcome::Executed);
+            let policy = &*self.claim.flow.config.record_policy;
+            let disposition = chosen.unwrap_or_else(|| {
+                policy.disposition(&ResponseHead::new(parts.status, &parts.headers))
+            });
             if disposition == Disposition::Release {
                 self.release("the response is retryable").await;
-                return Ok(Response::from_parts(parts, ResponseBody::new(body)));
+                return Ok(self.answer(parts, ResponseBody::new(body), Outcome::Released));
             }
             let limit = self.claim.flow.config.max_response_body;
             // Boxed: after an overflow, the rest is streamed on behind what was read.
             let mut pinned = Box::pin(body);
-            let body = match self.renewing(buffer(pinned.as_mut(), limit)).await {
+            let (body, outcome) = match self.renewing(buffer(pinned.as_mut(), limit)).await {
                 Buffered::Complete { data, trailers }
                     if chosen.is_none()
-                        && trailers.as_ref().and_then(Disposition::from_grpc_headers)
-                            == Some(Disposition::Release) =>
+                        && trailers.as_ref().and_then(crate::grpc::status).map(|code| {
+                            let head = ResponseHead::new(parts.status, &parts.headers);
+                            policy.disposition(&head.with_grpc_status(code))
+                        }) == Some(Disposition::Release) =>
                 {
                     self.release("the gRPC status is retryable").await;
-                    ResponseBody::full(data, trailers)
+                    (ResponseBody::full(data, trailers), Outcome::Released)
                 }
                 Buffered::Complete { data, trailers } => {
+                    self.claim.flow.expiry_header(&mut parts.headers);
                     let skipped = &self.claim.flow.config.skipped_headers;
                     let skip = |name: &http::HeaderName| !skipped.contains(name);
                     let record = Record::filtered(
@@ -104,19 +110,32 @@ impl<St: Store> Owner<St> {
                         trailers.as_ref(),
                     );
                     self.complete(&record).await;
-                    ResponseBody::full(data, trailers)
+                    (ResponseBody::full(data, trailers), Outcome::Recorded)
                 }
                 Buffered::Overflow { prefix } => {
+                    self.claim.flow.expiry_header(&mut parts.headers);
                     self.complete(&Record::not_stored(self.fingerprint)).await;
-                    ResponseBody::chained(prefix, pinned)
+                    (ResponseBody::chained(prefix, pinned), Outcome::NotStored)
                 }
                 Buffered::Failed { prefix, error } => {
                     self.release("the response body failed").await;
-                    ResponseBody::failed(prefix, error)
+                    (ResponseBody::failed(prefix, error), Outcome::Released)
                 }
             };
-            Ok(Response::from_parts(parts, body))
+            Ok(self.answer(parts, body, outcome))
         }
+    }
+
+    /// The response with its outcome, reported.
+    fn answer<B>(
+        &self,
+        mut parts: http::response::Parts,
+        body: B,
+        outcome: Outcome,
+    ) -> Response<B> {
+        self.claim.flow.outcome(outcome);
+        parts.extensions.insert(outcome);
+        Response::from_parts(parts, body)
     }
 
     /// Runs `fut` while renewing the lease.
@@ -142,7 +161,7 @@ impl<St: Store> Owner<St> {
         let Claimed {
             flow, key, token, ..
         } = &self.claim;
-        let stored = flow.bounded(flow.store.complete(key, *token, record));
+        let stored = flow.bounded(StoreOp::Complete, flow.store.complete(key, *token, record));
         match self.renewing(stored).await {
             Ok(()) => {}
             Err(e) if e.kind().is_ambiguous() => {
@@ -150,6 +169,7 @@ impl<St: Store> Owner<St> {
                 flow.settle_later(key, *token, Settle::Complete(record.clone()), true);
             }
             Err(e) => {
+                observe::refused_record();
                 tracing::error!(
                     key = %key.log_id(),
                     error = %e,
@@ -172,7 +192,10 @@ impl<St: Store> Owner<St> {
             flow, key, token, ..
         } = &self.claim;
         tracing::debug!(key = %key.log_id(), why, "releasing the claim");
-        match flow.bounded(flow.store.release(key, *token)).await {
+        match flow
+            .bounded(StoreOp::Release, flow.store.release(key, *token))
+            .await
+        {
             // Not ours any more: released already, or the lease ran out. Either way it is free.
             Ok(()) => {}
             Err(e) if e.kind().is_ambiguous() => {

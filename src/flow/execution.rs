@@ -55,8 +55,10 @@ where
     fn detach(self: Pin<Box<Self>>, tasks: &TaskTracker, span: Span) {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
+                let detached = crate::observe::Detached::start();
                 let run = async move {
                     let _answer = self.await;
+                    drop(detached);
                 };
                 tasks.spawn_on(run.instrument(span), &handle);
             }
@@ -80,8 +82,9 @@ pub(crate) enum Step<B: Body, E> {
         run: BoxRun<B, E>,
         /// A token of the layer's tracker when a dropped response future detaches the run:
         /// held while the run is polled in place, so that `DetachedTasks` counts and drains it
-        /// like a task; and the span the detached run keeps. `None` when dropping cancels it.
-        detach: Option<(TaskTrackerToken, Span)>,
+        /// like a task (the detached run keeps the request's span). `None` when dropping
+        /// cancels it.
+        detach: Option<TaskTrackerToken>,
     },
 }
 
@@ -92,6 +95,8 @@ pub(crate) enum Step<B: Body, E> {
 /// hand-offs between tasks on every request; it moves to a task only when it is abandoned.
 pub(crate) struct Execution<B: Body, E> {
     stage: Stage<B, E>,
+    /// The request's span, entered while the work is polled in place.
+    span: Span,
     /// Set while a stage is polled: a poll that panicked leaves it set, and then nothing is
     /// resumed.
     polling: bool,
@@ -101,21 +106,23 @@ enum Stage<B: Body, E> {
     Claiming(BoxClaim<B, E>),
     Running {
         run: BoxRun<B, E>,
-        detach: Option<(TaskTrackerToken, Span)>,
+        detach: Option<TaskTrackerToken>,
     },
     Finished,
 }
 
 impl<B: Body, E> Execution<B, E> {
-    pub(crate) fn new(claim: BoxClaim<B, E>) -> Self {
+    pub(crate) fn new(claim: BoxClaim<B, E>, span: Span) -> Self {
         Self {
             stage: Stage::Claiming(claim),
+            span,
             polling: false,
         }
     }
 
     /// Drives the claim, then the run; ready with the answer.
     pub(crate) fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Answer<B, E>> {
+        let _entered = self.span.enter();
         loop {
             self.polling = true;
             let polled = match &mut self.stage {
@@ -148,8 +155,8 @@ impl<B: Body, E> Execution<B, E> {
         match std::mem::replace(&mut self.stage, Stage::Finished) {
             Stage::Running {
                 run,
-                detach: Some((token, span)),
-            } => run.detach(token.task_tracker(), span),
+                detach: Some(token),
+            } => run.detach(token.task_tracker(), self.span.clone()),
             // Dropped: a run's `Claimed` releases its claim.
             Stage::Running { detach: None, .. } | Stage::Claiming(_) | Stage::Finished => {}
         }

@@ -28,6 +28,7 @@ use tower_service::Service;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Config;
 use crate::extensions::{IdempotencyClaim, Outcome};
+use crate::observe;
 use crate::problem::ProblemKind;
 use crate::store::{OwnerToken, Store, StoreKey};
 
@@ -52,9 +53,10 @@ pub(crate) struct Flow<St> {
     config: Arc<Config>,
     /// Whether the request is a gRPC call, answered with gRPC statuses.
     grpc: bool,
-    /// The span the request was called in (an outer `TraceLayer`'s, say): work that goes on
-    /// after the response future is gone (a detached handler, background re-sends) keeps it.
-    span: tracing::Span,
+    /// The request's own span (see [`observe::request_span`]), a child of the span the request
+    /// was called in (an outer `TraceLayer`'s, say): the response future polls in it, and work
+    /// that goes on after the future is gone (a detached handler, background re-sends) keeps it.
+    pub(crate) span: tracing::Span,
 }
 
 impl<St> Clone for Flow<St> {
@@ -74,7 +76,7 @@ impl<St: Store> Flow<St> {
             store: Arc::clone(store),
             config: Arc::clone(config),
             grpc,
-            span: tracing::Span::current(),
+            span: observe::request_span(),
         }
     }
 
@@ -104,6 +106,8 @@ impl<St: Store> Flow<St> {
                 Ok(scope) => StoreKey::from_owned(scope.as_deref(), key),
                 Err(kind) => return Step::Done(Ok(self.problem(kind))),
             };
+            self.span
+                .record("key", tracing::field::display(key.log_id()));
             let (body, fingerprint) = match self.read(&parts, body).await {
                 Ok(read) => read,
                 Err(kind) => return Step::Done(Ok(self.problem(kind))),
@@ -115,6 +119,7 @@ impl<St: Store> Flow<St> {
                 Claim::Problem(kind) => return Step::Done(Ok(self.problem(kind))),
                 Claim::Unprotected => {
                     tracing::warn!(key = %key.log_id(), "idempotency store failed; running unprotected");
+                    self.outcome(Outcome::Unprotected);
                     let call = inner.call(Request::from_parts(parts, body));
                     let run = Box::pin(async move {
                         let mut res = call.await?.map(ResponseBody::new);
@@ -128,10 +133,7 @@ impl<St: Store> Flow<St> {
                 .extensions
                 .insert(IdempotencyClaim::new(key.clone(), token));
             let req = Request::from_parts(parts, body);
-            let detach = self
-                .config
-                .detach
-                .then(|| (self.config.tasks.token(), self.span.clone()));
+            let detach = self.config.detach.then(|| self.config.tasks.token());
             let owner = Owner::new(Claimed::new(self, key, token), fingerprint, lead);
             Step::Run {
                 run: Box::pin(owner.execute(inner, req)),
@@ -165,6 +167,25 @@ impl<St: Store> Flow<St> {
 
     /// A problem as the layer's response.
     fn problem<B: Body>(&self, kind: ProblemKind) -> Response<ResponseBody<B>> {
+        self.outcome(kind.outcome());
         self.config.problems.respond(kind, self.grpc)
+    }
+
+    /// Reports the request's outcome: in its span, and to the metrics.
+    fn outcome(&self, outcome: Outcome) {
+        observe::outcome(outcome, Some(&self.span));
+    }
+
+    /// Adds the [expiry header](crate::IdempotencyLayer::expiry_header), when the layer has one,
+    /// to a response about to be recorded: it is stored with the response, so that every replay
+    /// tells the same time.
+    fn expiry_header(&self, headers: &mut http::HeaderMap) {
+        if let Some((name, retention)) = &self.config.expiry {
+            let expires = std::time::SystemTime::now() + *retention;
+            let value = httpdate::fmt_http_date(expires);
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                headers.insert(name.clone(), value);
+            }
+        }
     }
 }

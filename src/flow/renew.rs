@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::bounded::bounded;
+use crate::observe::StoreOp;
 use crate::store::{OwnerToken, Store, StoreKey};
 
 /// The lease an owner keeps alive.
@@ -32,7 +33,7 @@ impl<St: Store> Renewal<'_, St> {
             loop {
                 ticks.tick().await;
                 let renew = self.store.renew(self.key, self.token, self.lease);
-                match bounded(self.limit, renew).await {
+                match bounded(self.limit, StoreOp::Renew, renew).await {
                     Ok(()) => renewed.store(true, Ordering::Relaxed),
                     Err(e) => {
                         tracing::warn!(key = %self.key.log_id(), error = %e, "renewing the lease failed");

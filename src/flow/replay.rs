@@ -37,6 +37,7 @@ impl<St: Store> Flow<St> {
             HeaderValue::from_static("true"),
         );
         res.extensions_mut().insert(Outcome::Replayed);
+        self.outcome(Outcome::Replayed);
         res
     }
 }

@@ -10,6 +10,7 @@ use tracing::Instrument;
 use super::Flow;
 use super::bounded::bounded;
 use super::renew::Renewal;
+use crate::observe::{self, StoreOp};
 use crate::record::Record;
 use crate::store::{OwnerToken, Store, StoreKey};
 
@@ -61,19 +62,28 @@ impl<St: Store> Flow<St> {
             loop {
                 let result = match &settle {
                     Settle::Complete(record) => {
+                        observe::resend(StoreOp::Complete);
                         // The lease is kept alive while the record is owed.
-                        let complete = bounded(limit, store.complete(&key, token, record));
+                        let complete = bounded(
+                            limit,
+                            StoreOp::Complete,
+                            store.complete(&key, token, record),
+                        );
                         let (result, renewed) = renewal.around(complete).await;
                         if renewed {
                             deadline = Instant::now() + lease;
                         }
                         result
                     }
-                    Settle::Release => bounded(limit, store.release(&key, token)).await,
+                    Settle::Release => {
+                        observe::resend(StoreOp::Release);
+                        bounded(limit, StoreOp::Release, store.release(&key, token)).await
+                    }
                 };
                 match (result, &settle) {
                     (Ok(()), _) => return,
                     (Err(e), Settle::Complete(_)) if !e.kind().is_ambiguous() => {
+                        observe::refused_record();
                         tracing::error!(
                             key = %key.log_id(),
                             error = %e,
