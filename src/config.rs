@@ -10,7 +10,6 @@ use http::{HeaderName, Method, request};
 use tokio_util::task::TaskTracker;
 
 use crate::fingerprint::Fingerprint;
-use crate::flow::coalesce::Inflight;
 use crate::policy::{self, DefaultRecordPolicy, RecordPolicy};
 use crate::problem::Problems;
 
@@ -60,8 +59,6 @@ pub(crate) struct Config {
     pub(crate) tasks: TaskTracker,
     /// Whether duplicates are coalesced in process; `None`: when the store is remote.
     pub(crate) coalesce: Option<bool>,
-    /// The keys this layer's services are claiming or running, for coalescing.
-    pub(crate) inflight: Arc<Inflight>,
 }
 
 impl Default for Config {
@@ -89,7 +86,6 @@ impl Default for Config {
             problems: Problems::default(),
             tasks: TaskTracker::new(),
             coalesce: None,
-            inflight: Arc::default(),
         }
     }
 }

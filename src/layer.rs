@@ -9,6 +9,7 @@ use tower_layer::Layer;
 
 use crate::config::{Config, Fingerprinting};
 use crate::fingerprint::Fingerprint;
+use crate::flow::coalesce::Inflight;
 use crate::policy::RecordPolicy;
 use crate::problem::Problem;
 use crate::service::Idempotency;
@@ -33,6 +34,8 @@ use crate::service::Idempotency;
 pub struct IdempotencyLayer<St> {
     store: Arc<St>,
     config: Arc<Config>,
+    /// The keys the layer's services are claiming or running, for in-process coalescing.
+    inflight: Arc<Inflight>,
 }
 
 impl<St> Clone for IdempotencyLayer<St> {
@@ -40,6 +43,7 @@ impl<St> Clone for IdempotencyLayer<St> {
         Self {
             store: Arc::clone(&self.store),
             config: Arc::clone(&self.config),
+            inflight: Arc::clone(&self.inflight),
         }
     }
 }
@@ -62,6 +66,7 @@ impl<St> IdempotencyLayer<St> {
         Self {
             store: Arc::new(store),
             config: Arc::new(Config::default()),
+            inflight: Arc::default(),
         }
     }
 
@@ -327,7 +332,12 @@ impl<S, St> Layer<S> for IdempotencyLayer<St> {
     type Service = Idempotency<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Idempotency::from_parts(inner, Arc::clone(&self.store), Arc::clone(&self.config))
+        Idempotency::from_parts(
+            inner,
+            Arc::clone(&self.store),
+            Arc::clone(&self.config),
+            Arc::clone(&self.inflight),
+        )
     }
 }
 

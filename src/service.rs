@@ -12,6 +12,7 @@ use tower_service::Service;
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::Config;
 use crate::extensions::Outcome;
+use crate::flow::coalesce::Inflight;
 use crate::flow::{Execution, Flow};
 use crate::future::ResponseFuture;
 use crate::grpc::is_grpc;
@@ -34,19 +35,32 @@ pub struct Idempotency<S, St> {
 struct Shared<St> {
     store: Arc<St>,
     config: Arc<Config>,
+    /// The keys this layer is claiming or running, for in-process coalescing.
+    inflight: Arc<Inflight>,
 }
 
 impl<S, St> Idempotency<S, St> {
     /// `inner` behind the layer over `store` with the default settings; the same as
     /// `IdempotencyLayer::new(store).layer(inner)`.
     pub fn new(inner: S, store: St) -> Self {
-        Self::from_parts(inner, Arc::new(store), Arc::new(Config::default()))
+        let (store, config) = (Arc::new(store), Arc::new(Config::default()));
+        Self::from_parts(inner, store, config, Arc::default())
     }
 
-    pub(crate) fn from_parts(inner: S, store: Arc<St>, config: Arc<Config>) -> Self {
+    pub(crate) fn from_parts(
+        inner: S,
+        store: Arc<St>,
+        config: Arc<Config>,
+        inflight: Arc<Inflight>,
+    ) -> Self {
+        let shared = Shared {
+            store,
+            config,
+            inflight,
+        };
         Self {
             inner,
-            shared: Arc::new(Shared { store, config }),
+            shared: Arc::new(shared),
         }
     }
 
@@ -110,7 +124,11 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let Shared { store, config } = &*self.shared;
+        let Shared {
+            store,
+            config,
+            inflight,
+        } = &*self.shared;
         if !config.methods.contains(req.method()) {
             observe::outcome(Outcome::Bypassed, None);
             return ResponseFuture::bypassed(self.inner.call(req.map(RequestBody::new)));
@@ -120,7 +138,10 @@ where
                 // The instance that was polled ready goes with the request.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let flow = Flow::new(store, config, is_grpc(req.headers()));
+                // Duplicates are coalesced in process where a store call crosses the network.
+                let coalesce = config.coalesce.unwrap_or_else(|| store.is_remote());
+                let inflight = coalesce.then(|| Arc::clone(inflight));
+                let flow = Flow::new(store, config, inflight, is_grpc(req.headers()));
                 let span = flow.span.clone();
                 let claim = Box::pin(flow.run(inner, req, key));
                 return ResponseFuture::protected(Execution::new(claim, span));

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::logs::Logs;
 use common::{Counter, Gate, HandlerReq, entry, gated_app, post, read};
 use http::{Response, StatusCode};
 use http_body_util::Full;
@@ -185,35 +186,11 @@ fn a_handler_cut_off_by_shutdown_keeps_its_claim_and_records_nothing() {
     });
 }
 
-/// A log sink for one test.
-#[derive(Clone, Default)]
-struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A handler that finishes after its client went away still logs inside the request's span
-/// (the span an outer tracing layer entered when it called the layer), and inside the layer's
-/// own span for the request (`idempotency`, with the key's digest, never the key), which
-/// records the outcome once it is known.
 #[tokio::test(flavor = "current_thread")]
 async fn a_detached_handler_keeps_the_request_span() {
     use tracing::Instrument;
 
-    let logs = Logs::default();
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
 
     let layer = IdempotencyLayer::new(Arc::new(MemoryStore::new()));
     let gate = Gate::new();
@@ -234,7 +211,7 @@ async fn a_detached_handler_keeps_the_request_span() {
     gate.open();
     layer.detached_tasks().drain().await;
 
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     let line = text
         .lines()
         .find(|l| l.contains("charging the card"))

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
+use common::logs::Logs;
 use common::{Counter, HandlerReq, Probe, app, assert_problem, echo, post, send};
 use http::{Request, StatusCode};
 use tower::ServiceBuilder;
@@ -231,37 +229,9 @@ async fn a_missing_scope_is_permission_denied_for_grpc() {
     assert_eq!(counter.get(), 0);
 }
 
-/// A log sink for one test.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn count(&self, needle: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .matches(needle)
-            .count()
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn credentials_without_a_scope_warn_once_per_layer() {
-    let logs = Logs::default();
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || sink.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Logs::capture();
 
     let counter = Counter::new();
     let layer = IdempotencyLayer::new(MemoryStore::new());

@@ -134,11 +134,7 @@ impl<St: Store> Flow<St> {
 
     /// The layer's in-flight keys, when duplicates are coalesced in process.
     fn coalescing(&self) -> Option<&std::sync::Arc<super::coalesce::Inflight>> {
-        let on = self
-            .config
-            .coalesce
-            .unwrap_or_else(|| self.store.is_remote());
-        on.then_some(&self.config.inflight)
+        self.inflight.as_ref()
     }
 
     fn store_failed(&self, key: &StoreKey, error: StoreError) -> Claim {

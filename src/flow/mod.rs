@@ -35,6 +35,8 @@ use crate::store::{OwnerToken, Store, StoreKey};
 mod bounded;
 mod claim;
 pub(crate) mod coalesce;
+
+use self::coalesce::Inflight;
 mod execute;
 mod execution;
 mod read;
@@ -51,6 +53,8 @@ use self::execution::{Claimed, Step};
 pub(crate) struct Flow<St> {
     store: Arc<St>,
     config: Arc<Config>,
+    /// The layer's in-flight keys, when duplicates are coalesced in process.
+    inflight: Option<Arc<Inflight>>,
     /// Whether the request is a gRPC call, answered with gRPC statuses.
     grpc: bool,
     /// The request's own span (see [`observe::request_span`]), a child of the span the request
@@ -64,6 +68,7 @@ impl<St> Clone for Flow<St> {
         Self {
             store: Arc::clone(&self.store),
             config: Arc::clone(&self.config),
+            inflight: self.inflight.clone(),
             grpc: self.grpc,
             span: self.span.clone(),
         }
@@ -71,10 +76,16 @@ impl<St> Clone for Flow<St> {
 }
 
 impl<St: Store> Flow<St> {
-    pub(crate) fn new(store: &Arc<St>, config: &Arc<Config>, grpc: bool) -> Self {
+    pub(crate) fn new(
+        store: &Arc<St>,
+        config: &Arc<Config>,
+        inflight: Option<Arc<Inflight>>,
+        grpc: bool,
+    ) -> Self {
         Self {
             store: Arc::clone(store),
             config: Arc::clone(config),
+            inflight,
             grpc,
             span: observe::request_span(),
         }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod drop_probe;
+pub(crate) mod logs;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "redis")]

@@ -33,17 +33,17 @@ use super::{
 /// A [`Store`] in Redis or Redis Cluster, generic over the connection type: claims and records
 /// shared by many app instances.
 ///
-/// The store works over any async connection of the [`redis`](::redis) crate that implements
+/// The store works over any async connection of the [`redis`](https://docs.rs/redis/1/redis/index.html) crate that implements
 /// [`ConnectionLike`] and is cheap to clone:
 ///
-/// - [`MultiplexedConnection`](::redis::aio::MultiplexedConnection): one pipelined connection to
+/// - [`MultiplexedConnection`](https://docs.rs/redis/1/redis/aio/struct.MultiplexedConnection.html): one pipelined connection to
 ///   one node; it does not reconnect by itself;
-/// - [`ConnectionManager`](::redis::aio::ConnectionManager): the same, reconnecting in the
+/// - [`ConnectionManager`](https://docs.rs/redis/1/redis/aio/struct.ConnectionManager.html): the same, reconnecting in the
 ///   background after the connection breaks (what most single-node deployments want). On RESP2
 ///   it notices a broken connection only when a command fails, so one operation per break fails
 ///   (ambiguously; the layer answers `503`); on RESP3 (`redis://host/?protocol=resp3`) it hears
 ///   the disconnect and reconnects before the next command;
-/// - [`ClusterConnection`](::redis::cluster_async::ClusterConnection): Redis Cluster; every key
+/// - [`ClusterConnection`](https://docs.rs/redis/1/redis/cluster_async/struct.ClusterConnection.html): Redis Cluster; every key
 ///   of one record lives in one hash slot, so every operation is a single-slot command.
 ///
 /// It needs **Redis 7.0 or newer** (or a server that speaks its commands): `begin` is a plain
@@ -142,7 +142,7 @@ use super::{
 /// A `begin` on a completed key returns the record in the same reply, so a replay costs one
 /// round trip, and costs the server about what a plain `GET` does: `begin`, the one command of
 /// every request, is no script. The owner-checked operations are: scripts run by SHA
-/// ([`Script`](::redis::Script)); after `SCRIPT FLUSH` or a restart, the first call gets `NOSCRIPT`, loads the
+/// ([`Script`](https://docs.rs/redis/1/redis/struct.Script.html)); after `SCRIPT FLUSH` or a restart, the first call gets `NOSCRIPT`, loads the
 /// script and runs it again (three round trips, once per script and node). Owner checks compare
 /// the stored token inside the script, so they are atomic.
 ///

@@ -71,7 +71,7 @@ use crate::store::{Entry, Store, StoreError, StoreErrorKind, StoreKey};
 /// ```
 ///
 /// [`wait_for_in_flight`]: crate::IdempotencyLayer::wait_for_in_flight
-/// [`use_protocol`]: ::redis::cluster::ClusterClientBuilder::use_protocol
+/// [`use_protocol`]: https://docs.rs/redis/1/redis/cluster/struct.ClusterClientBuilder.html#method.use_protocol
 /// [client-side caching]: https://redis.io/docs/latest/develop/reference/client-side-caching/
 #[derive(Clone)]
 pub struct RedisPushWaits {
