@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::logs::Logs;
 use common::{Counter, Gate, HandlerReq, entry, gated_app, post, read};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_idempotency::store::Entry;
 use tower_idempotency::store::MemoryStore;
-use tower_idempotency::store::{Entry, StoreKey};
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 /// Counts executions that start and executions that finish; each waits at the gate between.
@@ -184,45 +183,4 @@ fn a_handler_cut_off_by_shutdown_keeps_its_claim_and_records_nothing() {
         assert_eq!(finished.load(Ordering::SeqCst), 0);
         assert_eq!(counter.get(), 1);
     });
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn a_detached_handler_keeps_the_request_span() {
-    use tracing::Instrument;
-
-    let (logs, _guard) = Logs::capture();
-
-    let layer = IdempotencyLayer::new(Arc::new(MemoryStore::new()));
-    let gate = Gate::new();
-    let g = gate.clone();
-    let svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service_fn(move |_req: HandlerReq| {
-            let gate = g.clone();
-            async move {
-                gate.pass().await;
-                tracing::info!("charging the card");
-                let body = Full::new(Bytes::from_static(b"charged"));
-                Ok::<_, Infallible>(Response::builder().status(201).body(body).unwrap())
-            }
-        });
-    let span = tracing::info_span!("request", id = 7);
-    drop_mid_handler(svc.oneshot(post("k", "{}")).instrument(span), &gate).await;
-    gate.open();
-    layer.detached_tasks().drain().await;
-
-    let text = logs.text();
-    let line = text
-        .lines()
-        .find(|l| l.contains("charging the card"))
-        .unwrap_or_else(|| panic!("the handler logged: {text}"));
-    assert!(line.contains("request{id=7}"), "{line}");
-    let digest = StoreKey::new(None, "k").to_hex();
-    assert!(
-        line.contains(&format!(
-            "request{{id=7}}:idempotency{{key={}}}",
-            &digest[..16]
-        )),
-        "{line}"
-    );
 }

@@ -11,6 +11,10 @@ pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);
 impl Logs {
     /// Captures every event of this thread (a `current_thread` runtime's tasks included) until
     /// the guard is dropped.
+    ///
+    /// `tracing` caches per call site whether anyone listens, across threads: a call site first
+    /// reached by another test's thread, with no subscriber, may be cached as silent. So the
+    /// cache is rebuilt once this thread's subscriber is in place.
     pub(crate) fn capture() -> (Self, DefaultGuard) {
         let logs = Self::default();
         let sink = logs.clone();
@@ -18,7 +22,9 @@ impl Logs {
             .with_writer(move || sink.clone())
             .with_ansi(false)
             .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
+        let guard = tracing::subscriber::set_default(subscriber);
+        tracing::callsite::rebuild_interest_cache();
+        (logs, guard)
     }
 
     /// Everything logged so far.
