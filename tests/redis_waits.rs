@@ -90,7 +90,11 @@ async fn claimed(
 async fn duplicate_is_woken_by_complete<St: Store>(store: St, admins: &mut [redis::Connection]) {
     let (counter, gate) = (Counter::new(), Gate::new());
     let app = gated_app(
-        IdempotencyLayer::new(store).wait_for_in_flight(WAIT),
+        // Coalescing off: the duplicate waits through the store, as one on another instance
+        // does (on the owner's own instance it would wait in process, with no Redis call).
+        IdempotencyLayer::new(store)
+            .wait_for_in_flight(WAIT)
+            .coalesce(false),
         &counter,
         &gate,
     );
