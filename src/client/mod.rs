@@ -88,9 +88,11 @@
 //! ## Under a tonic `Channel`
 //!
 //! tonic's `Channel` takes `http::Request<tonic::body::Body>`; wrap the layer's body on the
-//! way in:
+//! way in. (tonic is not a dependency of this crate, so this block is not compiled here; the
+//! same stack is built and run over real sockets by the gRPC example package's
+//! `tests/client_grpc.rs`.)
 //!
-//! ```no_run
+//! ```rust,ignore
 //! use tonic::body::Body;
 //! use tonic::transport::Channel;
 //! use tower::ServiceBuilder;
