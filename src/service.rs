@@ -13,13 +13,13 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::config::Config;
 use crate::extensions::Outcome;
 use crate::flow::coalesce::Inflight;
-use crate::flow::{Execution, Flow};
+use crate::flow::{Execution, Flow, scope};
 use crate::future::ResponseFuture;
 use crate::grpc::is_grpc;
 use crate::key::parse_key;
 use crate::observe;
 use crate::problem::ProblemKind;
-use crate::store::Store;
+use crate::store::{Store, StoreKey};
 
 /// Middleware that runs each keyed request at most once and replays its response to retries.
 ///
@@ -135,15 +135,25 @@ where
         }
         let rejected = match parse_key(req.headers(), &config.header, config.max_key_len) {
             Ok(Some(key)) => {
+                let grpc = is_grpc(req.headers());
+                let (parts, body) = req.into_parts();
+                let key = match scope(config, &parts) {
+                    Ok(scope) => StoreKey::from_owned(scope.as_deref(), key),
+                    Err(refused) => {
+                        observe::outcome(refused.outcome(), None);
+                        return ResponseFuture::ready(config.problems.respond(refused, grpc));
+                    }
+                };
                 // The instance that was polled ready goes with the request.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 // Duplicates are coalesced in process where a store call crosses the network.
                 let coalesce = config.coalesce.unwrap_or_else(|| store.is_remote());
                 let inflight = coalesce.then(|| Arc::clone(inflight));
-                let flow = Flow::new(store, config, inflight, is_grpc(req.headers()));
-                let span = flow.span.clone();
-                let claim = Box::pin(flow.run(inner, req, key));
+                let flow = Flow::new(store, config, inflight, grpc);
+                let span = observe::request_span();
+                span.record("key", tracing::field::display(key.log_id()));
+                let claim = Box::pin(flow.run(inner, parts, body, key));
                 return ResponseFuture::protected(Execution::new(claim, span));
             }
             Ok(None) if !config.require_key => {

@@ -65,7 +65,13 @@ pub(super) enum Followed {
 
 /// The leading request of a key on this instance. Dropped, it unregisters the key; followers
 /// still waiting then ask the store themselves, unless it published a final answer.
-pub(super) struct Lead {
+///
+/// Boxed: every protected request's claim future holds an `Option<Lead>`, which is then one
+/// word, so that coalescing costs nothing in size where it is off (the memory store).
+pub(super) struct Lead(Box<Registered>);
+
+/// A key this instance leads: where it is registered, and the channel of its news.
+struct Registered {
     inflight: Arc<Inflight>,
     digest: [u8; 32],
     news: watch::Sender<Local>,
@@ -80,11 +86,11 @@ impl Inflight {
         }
         let (news, _) = watch::channel(Local::Claiming);
         keys.insert(*key.digest(), news.clone());
-        Joined::Lead(Lead {
+        Joined::Lead(Lead(Box::new(Registered {
             inflight: Arc::clone(self),
             digest: *key.digest(),
             news,
-        })
+        })))
     }
 
     fn keys(&self) -> MutexGuard<'_, HashMap<[u8; 32], watch::Sender<Local>>> {
@@ -96,25 +102,30 @@ impl Inflight {
 impl Lead {
     /// Tells the followers.
     pub(super) fn publish(&self, news: Local) {
-        self.news.send_replace(news);
+        self.0.news.send_replace(news);
     }
 }
 
 impl Drop for Lead {
     fn drop(&mut self) {
-        self.news.send_if_modified(|news| {
+        let Registered {
+            inflight,
+            digest,
+            news: sender,
+        } = &*self.0;
+        sender.send_if_modified(|news| {
             let open = matches!(news, Local::Claiming | Local::Running(_));
             if open {
                 *news = Local::Over;
             }
             open
         });
-        let mut keys = self.inflight.keys();
+        let mut keys = inflight.keys();
         if keys
-            .get(&self.digest)
-            .is_some_and(|news| news.same_channel(&self.news))
+            .get(digest)
+            .is_some_and(|news| news.same_channel(sender))
         {
-            keys.remove(&self.digest);
+            keys.remove(digest);
         }
     }
 }

@@ -57,10 +57,6 @@ pub(crate) struct Flow<St> {
     inflight: Option<Arc<Inflight>>,
     /// Whether the request is a gRPC call, answered with gRPC statuses.
     grpc: bool,
-    /// The request's own span (see [`observe::request_span`]), a child of the span the request
-    /// was called in (an outer `TraceLayer`'s, say): the response future polls in it, and work
-    /// that goes on after the future is gone (a detached handler, background re-sends) keeps it.
-    pub(crate) span: tracing::Span,
 }
 
 impl<St> Clone for Flow<St> {
@@ -70,7 +66,6 @@ impl<St> Clone for Flow<St> {
             config: Arc::clone(&self.config),
             inflight: self.inflight.clone(),
             grpc: self.grpc,
-            span: self.span.clone(),
         }
     }
 }
@@ -87,18 +82,22 @@ impl<St: Store> Flow<St> {
             config: Arc::clone(config),
             inflight,
             grpc,
-            span: observe::request_span(),
         }
     }
 
-    /// The protected request, from its parsed key to an answer or an execution to run.
-    // Not an `async fn`: the request is taken apart before the future is made, so the future
-    // keeps its parts once (an `async fn` keeps its arguments as well as what they became).
+    /// The protected request, from its scoped key to an answer or an execution to run. The
+    /// service takes the request apart and scopes its key first, so a refused request makes no
+    /// future at all.
+    // Not an `async fn`: an `async fn`'s future keeps its arguments as well as the locals they
+    // are moved into, 320 bytes more here; this one keeps them once, and stays under glibc's
+    // 1 032-byte tcache chunks (see `claim_future_fits_a_small_allocation`).
+    #[allow(clippy::manual_async_fn)]
     pub(crate) fn run<S, ReqBody, ResBody>(
         self,
         mut inner: S,
-        req: Request<ReqBody>,
-        key: String,
+        mut parts: request::Parts,
+        body: ReqBody,
+        key: StoreKey,
     ) -> impl Future<Output = Step<ResBody, S::Error>>
     where
         S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
@@ -110,15 +109,7 @@ impl<St: Store> Flow<St> {
         ResBody: Body + Send + 'static,
         ResBody::Error: Send,
     {
-        let (mut parts, body) = req.into_parts();
-        let scope = self.scope(&parts);
         async move {
-            let key = match scope {
-                Ok(scope) => StoreKey::from_owned(scope.as_deref(), key),
-                Err(kind) => return Step::Done(Ok(self.problem(kind))),
-            };
-            self.span
-                .record("key", tracing::field::display(key.log_id()));
             let (body, fingerprint) = match self.read(&parts, body).await {
                 Ok(read) => read,
                 Err(kind) => return Step::Done(Ok(self.problem(kind))),
@@ -153,38 +144,18 @@ impl<St: Store> Flow<St> {
         }
     }
 
-    /// The request's scope: `Ok(None)` for global keys; the `missing-scope` problem when a scope
-    /// function finds none and unscoped requests may not share keys.
-    fn scope(&self, parts: &request::Parts) -> Result<Option<String>, ProblemKind> {
-        let config = &self.config;
-        let Some(scope) = &config.scope else {
-            let credentials = parts.headers.contains_key(header::AUTHORIZATION)
-                || parts.headers.contains_key(header::COOKIE);
-            if credentials && !config.warned_unscoped.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    "a protected request carries credentials but the idempotency layer has no \
-                     scope: keys are global, so one user's key replays to another; set \
-                     IdempotencyLayer::scope"
-                );
-            }
-            return Ok(None);
-        };
-        match scope(parts) {
-            Some(scope) => Ok(Some(scope)),
-            None if config.unscoped_share_keys => Ok(None),
-            None => Err(ProblemKind::MissingScope),
-        }
-    }
-
     /// A problem as the layer's response.
     fn problem<B: Body>(&self, kind: ProblemKind) -> Response<ResponseBody<B>> {
         self.outcome(kind.outcome());
         self.config.problems.respond(kind, self.grpc)
     }
 
-    /// Reports the request's outcome: in its span, and to the metrics.
+    /// Reports the request's outcome: in its span, and to the metrics. The request's span
+    /// ([`observe::request_span`]) is the current one wherever the flow runs: the `Execution`
+    /// enters it while it polls, and detached runs and re-sends are instrumented with it. (It is
+    /// not kept in `Flow`: every protected request's future would carry it twice.)
     fn outcome(&self, outcome: Outcome) {
-        observe::outcome(outcome, Some(&self.span));
+        observe::outcome(outcome, Some(&tracing::Span::current()));
     }
 
     /// Adds the [expiry header](crate::IdempotencyLayer::expiry_header), when the layer has one,
@@ -198,5 +169,65 @@ impl<St: Store> Flow<St> {
                 headers.insert(name.clone(), value);
             }
         }
+    }
+}
+
+/// The request's scope: `Ok(None)` for global keys; the `missing-scope` problem when a scope
+/// function finds none and unscoped requests may not share keys. The service asks before it
+/// makes a protected request's future, so a refused request costs none.
+pub(crate) fn scope(
+    config: &Config,
+    parts: &request::Parts,
+) -> Result<Option<String>, ProblemKind> {
+    let Some(scope) = &config.scope else {
+        let credentials = parts.headers.contains_key(header::AUTHORIZATION)
+            || parts.headers.contains_key(header::COOKIE);
+        if credentials && !config.warned_unscoped.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "a protected request carries credentials but the idempotency layer has no \
+                 scope: keys are global, so one user's key replays to another; set \
+                 IdempotencyLayer::scope"
+            );
+        }
+        return Ok(None);
+    };
+    match scope(parts) {
+        Some(scope) => Ok(Some(scope)),
+        None if config.unscoped_share_keys => Ok(None),
+        None => Err(ProblemKind::MissingScope),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// glibc's per-thread cache serves chunks up to 1 032 bytes, requests up to 1 024: a boxed
+    /// future over that takes malloc's slow path. Every protected request boxes its claim
+    /// future, and a replay is only that: when it grew to 1 128 bytes, replays on the memory
+    /// store got 8 % slower (BENCHMARKS.md, "Issue 9 refactor: before and after"). The handler
+    /// here is the smallest there is, so this is a floor.
+    #[test]
+    fn the_claim_future_fits_a_small_allocation() {
+        const TCACHE_MAX_REQUEST: usize = 1024;
+        let store = Arc::new(MemoryStore::new());
+        let config = Arc::new(Config::default());
+        let inner = tower::service_fn(|_req: Request<RequestBody<Full<Bytes>>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        });
+        let (parts, body) = Request::post("/")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+            .into_parts();
+        let flow = Flow::new(&store, &config, None, false);
+        let claim = flow.run(inner, parts, body, StoreKey::new(None, "k"));
+        let size = std::mem::size_of_val(&claim);
+        assert!(size <= TCACHE_MAX_REQUEST, "claim future: {size} bytes");
     }
 }

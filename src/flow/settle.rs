@@ -109,7 +109,7 @@ impl<St: Store> Flow<St> {
         };
         let task = config
             .tasks
-            .track_future(task.instrument(self.span.clone()));
+            .track_future(task.instrument(tracing::Span::current()));
         handle.spawn(task);
     }
 }
