@@ -3,26 +3,13 @@
 
 mod common;
 
-use common::{Counter, HandlerReq, Probe, app, assert_problem, echo, post, send};
+use common::{
+    Counter, HandlerReq, Probe, app, as_tenant, assert_problem, echo, post, send, tenant_scope,
+};
 use http::{Request, StatusCode};
 use tower::ServiceBuilder;
 use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{IdempotencyLayer, Outcome, RejectReason};
-
-fn tenant_scope(layer: IdempotencyLayer<MemoryStore>) -> IdempotencyLayer<MemoryStore> {
-    layer.scope(|req| {
-        req.headers
-            .get("x-tenant")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-    })
-}
-
-fn as_tenant<B>(tenant: &str, mut req: Request<B>) -> Request<B> {
-    req.headers_mut()
-        .insert("x-tenant", tenant.parse().unwrap());
-    req
-}
 
 #[tokio::test]
 async fn two_scopes_with_the_same_key_both_execute() {

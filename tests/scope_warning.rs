@@ -4,25 +4,9 @@
 mod common;
 
 use common::logs::Logs;
-use common::{Counter, app, post, send};
-use http::Request;
+use common::{Counter, app, as_tenant, post, send, tenant_scope};
 use tower_idempotency::IdempotencyLayer;
 use tower_idempotency::store::MemoryStore;
-
-fn tenant_scope(layer: IdempotencyLayer<MemoryStore>) -> IdempotencyLayer<MemoryStore> {
-    layer.scope(|req| {
-        req.headers
-            .get("x-tenant")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from)
-    })
-}
-
-fn as_tenant<B>(tenant: &str, mut req: Request<B>) -> Request<B> {
-    req.headers_mut()
-        .insert("x-tenant", tenant.parse().unwrap());
-    req
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn credentials_without_a_scope_warn_once_per_layer() {

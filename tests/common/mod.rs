@@ -500,3 +500,20 @@ impl Body for Frames {
         Poll::Ready(self.frames.pop_front().map(Ok))
     }
 }
+
+/// Scopes keys by the `x-tenant` header.
+pub(crate) fn tenant_scope<St>(layer: IdempotencyLayer<St>) -> IdempotencyLayer<St> {
+    layer.scope(|req| {
+        req.headers
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    })
+}
+
+/// `req` sent by `tenant`.
+pub(crate) fn as_tenant<B>(tenant: &str, mut req: Request<B>) -> Request<B> {
+    req.headers_mut()
+        .insert("x-tenant", tenant.parse().unwrap());
+    req
+}

@@ -147,6 +147,13 @@ mod tests {
         MemoryStore::builder().shards(1)
     }
 
+    /// Claims `k` and completes it with a small record.
+    async fn finish(store: &MemoryStore, k: &StoreKey) {
+        let t = OwnerToken::generate();
+        assert_eq!(store.begin(k, None, t, LEASE).await.unwrap(), Begin::New);
+        store.complete(k, t, &record(None, b"r")).await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn expired_records_are_swept_on_writes() {
         let store = one_shard()
@@ -300,22 +307,14 @@ mod tests {
             .key_ttl(Duration::from_secs(10))
             .build();
         let (k0, k1, k2) = (key("again-0"), key("again-1"), key("again-2"));
-        let finish = |k: StoreKey| {
-            let store = store.clone();
-            async move {
-                let t = OwnerToken::generate();
-                assert_eq!(store.begin(&k, None, t, LEASE).await.unwrap(), Begin::New);
-                store.complete(&k, t, &record(None, b"r")).await.unwrap();
-            }
-        };
-        finish(k0.clone()).await;
+        finish(&store, &k0).await;
         advance(Duration::from_secs(10)).await;
-        finish(k1.clone()).await;
+        finish(&store, &k1).await;
         advance(Duration::from_secs(1)).await;
         // k0's first record has expired; its key is completed again, after k1.
-        finish(k0.clone()).await;
+        finish(&store, &k0).await;
         advance(Duration::from_secs(1)).await;
-        finish(k2.clone()).await;
+        finish(&store, &k2).await;
         assert_eq!(store.get(&k1).await.unwrap(), None);
         assert!(store.get(&k0).await.unwrap().is_some());
         assert!(store.get(&k2).await.unwrap().is_some());
@@ -366,20 +365,12 @@ mod tests {
             .ttl(Duration::from_secs(10))
             .key_ttl(Duration::from_secs(1000))
             .build();
-        let finish = |k: StoreKey| {
-            let store = store.clone();
-            async move {
-                let t = OwnerToken::generate();
-                assert_eq!(store.begin(&k, None, t, LEASE).await.unwrap(), Begin::New);
-                store.complete(&k, t, &record(None, b"r")).await.unwrap();
-            }
-        };
         let (old, live, next) = (key("old"), key("live"), key("next"));
-        finish(old.clone()).await;
+        finish(&store, &old).await;
         advance(Duration::from_secs(10)).await;
-        finish(live.clone()).await;
+        finish(&store, &live).await;
         // `old` is remembered (its response expired), `live` holds a response: `old` goes.
-        finish(next.clone()).await;
+        finish(&store, &next).await;
         assert_eq!(store.get(&old).await.unwrap(), None);
         assert!(matches!(
             store.get(&live).await.unwrap(),
