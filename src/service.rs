@@ -152,7 +152,10 @@ where
                 let inflight = coalesce.then(|| Arc::clone(inflight));
                 let flow = Flow::new(store, config, inflight, grpc);
                 let span = observe::request_span();
-                span.record("key", tracing::field::display(key.log_id()));
+                // `log_id` allocates: only for a span someone listens to.
+                if !span.is_disabled() {
+                    span.record("key", tracing::field::display(key.log_id()));
+                }
                 let claim = Box::pin(flow.run(inner, parts, body, key));
                 return ResponseFuture::protected(Execution::new(claim, span));
             }

@@ -258,6 +258,20 @@ async fn duplicates_across_instances_run_once_on_cluster() {
     exactly_once(&apps, &runs, 200, 20, false).await;
 }
 
+/// Sends `key` until a request runs it, while the others get `409`: a claim nobody runs must be
+/// released before `deadline`.
+async fn retry_until_it_runs(app: &App, key: &str, deadline: Instant, stuck: &str) -> Answer {
+    loop {
+        let a = send(app, key).await;
+        if a.outcome == Some(Outcome::Recorded) {
+            return a;
+        }
+        assert_eq!(a.status, StatusCode::CONFLICT, "{a:?}");
+        assert!(Instant::now() < deadline, "{stuck}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 type ManagedLayer = IdempotencyLayer<RedisStore<redis::aio::ConnectionManager>>;
 
 /// A private server and one instance over a `ConnectionManager`, with short store timeouts.
@@ -298,18 +312,7 @@ async fn paused_during_begin() {
     // layer releases it in the background, so retries run well before its lease would end.
     let deadline = paused + Duration::from_millis(1000) + lease;
     tokio::time::sleep_until((paused + Duration::from_millis(1100)).into()).await;
-    let a = loop {
-        let a = send(&app, "k").await;
-        if a.outcome == Some(Outcome::Recorded) {
-            break a;
-        }
-        assert_eq!(a.status, StatusCode::CONFLICT, "{a:?}");
-        assert!(
-            Instant::now() < deadline,
-            "the stray claim was not released"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let a = retry_until_it_runs(&app, "k", deadline, "the stray claim was not released").await;
     assert!(Instant::now() < deadline, "freed before the lease ran out");
     assert_eq!(runs.of("k"), 1);
     let b = send(&app, "k").await;
@@ -343,18 +346,7 @@ async fn a_client_that_gives_up_during_a_paused_begin_leaves_no_claim() {
 
     tokio::time::sleep_until((paused + pause + Duration::from_millis(100)).into()).await;
     let deadline = paused + pause + Duration::from_secs(2);
-    let a = loop {
-        let a = send(&app, "k").await;
-        if a.outcome == Some(Outcome::Recorded) {
-            break a;
-        }
-        assert_eq!(a.status, StatusCode::CONFLICT, "{a:?}");
-        assert!(
-            Instant::now() < deadline,
-            "the orphaned claim was not released"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let a = retry_until_it_runs(&app, "k", deadline, "the orphaned claim was not released").await;
     assert_eq!(a.status, StatusCode::CREATED);
     assert_eq!(runs.of("k"), 1);
     let b = send(&app, "k").await;
