@@ -59,17 +59,6 @@ pub(crate) struct Flow<St> {
     grpc: bool,
 }
 
-impl<St> Clone for Flow<St> {
-    fn clone(&self) -> Self {
-        Self {
-            store: Arc::clone(&self.store),
-            config: Arc::clone(&self.config),
-            inflight: self.inflight.clone(),
-            grpc: self.grpc,
-        }
-    }
-}
-
 impl<St: Store> Flow<St> {
     pub(crate) fn new(
         store: &Arc<St>,
