@@ -34,6 +34,10 @@ const BEGIN_ATTEMPTS: usize = 8;
 const SWEEP_GRACE: Duration = Duration::from_secs(60);
 /// The longest duration the store sends (100 years): PostgreSQL refuses timestamps past 294276 AD.
 const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
+/// How long completed responses are kept by default.
+const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a completed key is remembered by default, its response or not.
+const DEFAULT_KEY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// A [`Store`] in a PostgreSQL table, over an [`sqlx::PgPool`], with **exactly-once effects**
 /// for handlers whose writes go to the same database.
@@ -243,6 +247,7 @@ struct Inner {
     table: schema::Table,
     statements: Statements,
     ttl: Duration,
+    key_ttl: Duration,
     poll_interval: Duration,
     sweep_every: u64,
     sweep_batch: i64,
@@ -257,6 +262,7 @@ struct Inner {
 pub struct PostgresStoreBuilder {
     pool: PgPool,
     ttl: Duration,
+    key_ttl: Duration,
     table: String,
     poll_interval: Duration,
     sweep_every: u64,
@@ -264,9 +270,25 @@ pub struct PostgresStoreBuilder {
 }
 
 impl PostgresStoreBuilder {
-    /// How long completed records (and keys whose effects committed) are kept (default 24 h).
+    /// How long completed responses are kept and replayed (default 24 h).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self
+    }
+
+    /// How long a completed key is remembered in all (default 7 days), at least
+    /// [`ttl`](Self::ttl).
+    ///
+    /// When a response's retention (`ttl`) runs out, the key's row stays, without the response,
+    /// until `key_ttl` after it was completed: a retry in that time gets the layer's
+    /// [`result-expired`](crate::problem#result-expired) problem (`409`) instead of running
+    /// again, and a different request under the key still gets the mismatch (`422`). The sweep
+    /// frees the response of such rows; a remembered key then costs about 200 bytes of table
+    /// and indexes (see "Retention" on [`PostgresStore`]). A key whose effects committed
+    /// ([`commit_in`](crate::IdempotencyClaim::commit_in)) is remembered as long. Set it equal
+    /// to `ttl` to forget keys together with their responses; a shorter value counts as `ttl`.
+    pub fn key_ttl(mut self, key_ttl: Duration) -> Self {
+        self.key_ttl = key_ttl;
         self
     }
 
@@ -312,6 +334,7 @@ impl PostgresStoreBuilder {
                 pool: self.pool,
                 table,
                 ttl: self.ttl,
+                key_ttl: self.key_ttl.max(self.ttl),
                 poll_interval: self.poll_interval,
                 sweep_every: self.sweep_every,
                 sweep_batch: i64::from(self.sweep_batch),
@@ -370,12 +393,13 @@ impl PostgresStore {
         }
     }
 
-    /// A builder for a store over `pool`, with the defaults of [`new`](Self::new) and a TTL of
-    /// 24 hours.
+    /// A builder for a store over `pool`, with the defaults of [`new`](Self::new), a TTL of
+    /// 24 hours and a key TTL of 7 days.
     pub fn builder(pool: PgPool) -> PostgresStoreBuilder {
         PostgresStoreBuilder {
             pool,
-            ttl: Duration::from_secs(24 * 60 * 60),
+            ttl: DEFAULT_TTL,
+            key_ttl: DEFAULT_KEY_TTL,
             table: Self::DEFAULT_TABLE.to_owned(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             sweep_every: 100,
@@ -383,9 +407,15 @@ impl PostgresStore {
         }
     }
 
-    /// How long completed records are kept.
+    /// How long completed responses are kept.
     pub fn ttl(&self) -> Duration {
         self.inner.ttl
+    }
+
+    /// How long completed keys are remembered, at least [`ttl`](Self::ttl); see
+    /// [`PostgresStoreBuilder::key_ttl`].
+    pub fn key_ttl(&self) -> Duration {
+        self.inner.key_ttl
     }
 
     /// The table, as configured (also the `NOTIFY` channel).
@@ -398,17 +428,23 @@ impl PostgresStore {
         &self.inner.pool
     }
 
-    /// Deletes up to one batch of rows that expired more than a minute ago, and returns how
-    /// many it deleted. The store runs this by itself (see "Expiry without a cron job");
-    /// calling it is never needed for correctness.
+    /// Deletes up to one batch of rows that expired more than a minute ago and frees the
+    /// responses of up to one batch of remembered keys (whose response retention ran out), and
+    /// returns how many rows it changed. The store runs this by itself (see "Expiry without a
+    /// cron job"); calling it is never needed for correctness.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query(&self.inner.statements.sweep)
+        let row = sqlx::query(&self.inner.statements.sweep)
             .bind(self.inner.sweep_batch)
             .bind(micros(SWEEP_GRACE))
-            .execute(&self.inner.pool)
+            .fetch_one(&self.inner.pool)
             .await
             .map_err(map_error)?;
-        Ok(done.rows_affected())
+        let deleted: i64 = row.try_get(0).map_err(map_error)?;
+        let freed: i64 = row.try_get(1).map_err(map_error)?;
+        if deleted + freed > 0 {
+            tracing::debug!(deleted, freed, "swept idempotency rows");
+        }
+        Ok(u64::try_from(deleted + freed).unwrap_or(0))
     }
 
     /// Spawns a sweep on every `sweep_every`-th call, unless one is running.
@@ -429,10 +465,8 @@ impl PostgresStore {
         }
         let store = self.clone();
         handle.spawn(async move {
-            match store.sweep().await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(rows = n, "swept expired idempotency rows"),
-                Err(e) => tracing::debug!(error = %e, "sweeping expired idempotency rows failed"),
+            if let Err(e) = store.sweep().await {
+                tracing::debug!(error = %e, "sweeping expired idempotency rows failed");
             }
             store.inner.sweeping.store(false, Ordering::Release);
         });
@@ -450,6 +484,7 @@ impl PostgresStore {
         let done = sqlx::query(&self.inner.statements.commit_in)
             .bind(&key.digest()[..])
             .bind(&token.to_bytes()[..])
+            .bind(micros(self.inner.key_ttl))
             .bind(micros(self.inner.ttl))
             .execute(conn)
             .await
@@ -467,6 +502,7 @@ impl fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("table", &inner.table.name())
             .field("ttl", &inner.ttl)
+            .field("key_ttl", &inner.key_ttl)
             .field("poll_interval", &inner.poll_interval)
             .field("sweep_every", &inner.sweep_every)
             .field("sweep_batch", &inner.sweep_batch)
@@ -503,7 +539,7 @@ impl Store for PostgresStore {
             if row.try_get::<bool, _>(0).map_err(map_error)? {
                 return Ok(Begin::New);
             }
-            let alive: bool = row.try_get(6).map_err(map_error)?;
+            let alive: bool = row.try_get(7).map_err(map_error)?;
             match decode(&row)? {
                 // Free, or ours, in the snapshot, yet refused: a newer version exists.
                 _ if !alive => continue,
@@ -530,8 +566,9 @@ impl Store for PostgresStore {
             .bind(&key.digest()[..])
             .bind(&token.to_bytes()[..])
             .bind(&record.as_bytes()[..])
-            .bind(micros(self.inner.ttl))
+            .bind(micros(self.inner.key_ttl))
             .bind(self.inner.table.name())
+            .bind(micros(self.inner.ttl))
             .fetch_one(&self.inner.pool)
             .await
             .map_err(map_error)?;
@@ -626,18 +663,22 @@ impl Store for PostgresStore {
     }
 }
 
-/// The entry of a row whose columns from 1 on are `state, token, fingerprint, live, record`.
+/// The entry of a row whose columns from 1 on are `state, token, fingerprint, live, record,
+/// expired`.
 fn decode(row: &PgRow) -> Result<Entry, StoreError> {
     decode_at(row, 1)
 }
 
-/// The entry of a row whose columns from `at` on are `state, token, fingerprint, live, record`.
+/// The entry of a row whose columns from `at` on are `state, token, fingerprint, live, record,
+/// expired`. A completed key past its response retention (`expired`) is the small record of
+/// [`Record::response_expired`], made here: the statements never send its response.
 fn decode_at(row: &PgRow, at: usize) -> Result<Entry, StoreError> {
     let state: String = row.try_get(at).map_err(map_error)?;
     let token: Vec<u8> = row.try_get(at + 1).map_err(map_error)?;
     let fingerprint: Option<Vec<u8>> = row.try_get(at + 2).map_err(map_error)?;
     let live: bool = row.try_get(at + 3).map_err(map_error)?;
     let record: Option<Vec<u8>> = row.try_get(at + 4).map_err(map_error)?;
+    let expired: bool = row.try_get(at + 5).map_err(map_error)?;
     let token = OwnerToken::from_bytes(
         token
             .try_into()
@@ -654,6 +695,9 @@ fn decode_at(row: &PgRow, at: usize) -> Result<Entry, StoreError> {
     match (state.as_str(), record) {
         ("claimed", _) => Ok(Entry::InProgress { fingerprint, token }),
         ("committed", _) if live => Ok(Entry::InProgress { fingerprint, token }),
+        ("committed" | "completed", _) if expired => {
+            Ok(Entry::Completed(Record::response_expired(fingerprint)))
+        }
         ("committed", _) | ("completed", None) => Ok(not_stored()),
         ("completed", Some(record)) => {
             Ok(Entry::Completed(Record::from_bytes(Bytes::from(record))?))
