@@ -60,7 +60,10 @@ async fn a_table_of_an_earlier_version_is_upgraded_in_place() {
     .execute(&pool)
     .await
     .unwrap();
-    let (key, fp) = (StoreKey::new(None, "old"), Fingerprint::sha256("old request"));
+    let (key, fp) = (
+        StoreKey::new(None, "old"),
+        Fingerprint::sha256("old request"),
+    );
     let response = StoredResponse::new(
         StatusCode::CREATED,
         HeaderMap::new(),
@@ -98,7 +101,11 @@ async fn a_table_of_an_earlier_version_is_upgraded_in_place() {
         ]
     );
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(store.sweep().await.unwrap(), 0, "no response of its rows is due");
+    assert_eq!(
+        store.sweep().await.unwrap(),
+        0,
+        "no response of its rows is due"
+    );
     match store.get(&key).await.unwrap() {
         Some(Entry::Completed(got)) => assert_eq!(got, record),
         other => panic!("the old row reads as {other:?}"),
