@@ -3,7 +3,7 @@
 use std::sync::LazyLock;
 
 use ::redis::aio::ConnectionLike;
-use ::redis::{Script, Value};
+use ::redis::{Script, ScriptInvocation, Value};
 use bytes::Bytes;
 
 use super::RedisStore;
@@ -78,13 +78,7 @@ where
         for arg in args {
             invocation.arg(*arg);
         }
-        let mut connection = self.connection.clone();
-        owner_checked_reply(
-            invocation
-                .invoke_async(&mut connection)
-                .await
-                .map_err(map_error)?,
-        )
+        self.run_owner_checked(&invocation).await
     }
 
     /// [`COMPLETE`]: the record and, where keys outlive their responses, its tombstone.
@@ -109,21 +103,20 @@ where
             .arg(millis(self.ttl))
             .arg(&tombstone[..])
             .arg(self.tombstone_px());
-        let mut connection = self.connection.clone();
-        owner_checked_reply(
-            invocation
-                .invoke_async(&mut connection)
-                .await
-                .map_err(map_error)?,
-        )
+        self.run_owner_checked(&invocation).await
     }
-}
 
-/// An owner-checked script's reply: `1` is done, `0` is not the owner.
-fn owner_checked_reply(reply: Value) -> Result<(), StoreError> {
-    match reply {
-        Value::Int(1) => Ok(()),
-        Value::Int(0) => Err(StoreError::new(StoreErrorKind::NotOwner)),
-        other => Err(unexpected_reply(&other)),
+    /// Runs an owner-checked script: `1` is done, `0` is not the owner.
+    async fn run_owner_checked(&self, invocation: &ScriptInvocation<'_>) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        let reply: Value = invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(map_error)?;
+        match reply {
+            Value::Int(1) => Ok(()),
+            Value::Int(0) => Err(StoreError::new(StoreErrorKind::NotOwner)),
+            other => Err(unexpected_reply(&other)),
+        }
     }
 }
