@@ -155,11 +155,11 @@ async fn waiting_duplicates_get_the_owners_record_without_polling() {
         assert_eq!(w.outcome, Some(Outcome::Replayed));
         assert_eq!(w.body, owner.body);
     }
-    // One `SET`: the owner's record (Redis counts the commands its scripts run). No duplicate
-    // sent a `begin` (`SET`) or polled (`GET`).
+    // Two `SET`s: the owner's record and its tombstone (Redis counts the commands its scripts
+    // run). No duplicate sent a `begin` (`SET`) or polled (`GET`).
     assert_eq!(
         key_commands(&server),
-        (1, 0),
+        (2, 0),
         "no begin, no poll while waiting"
     );
     assert_eq!(handler.runs.load(Ordering::SeqCst), 1);

@@ -449,7 +449,9 @@ async fn one_command_per_operation() {
         inner: server.connection().await,
         sent: Arc::default(),
     };
-    let store = RedisStore::new(connection.clone(), TTL);
+    // Keys forgotten with their responses (no tombstone): one command per operation. The
+    // tombstone's commands are counted at the end.
+    let store = RedisStore::new(connection.clone(), TTL).with_key_ttl(TTL);
     // Valkey 8.1 and Redis 8.4 have `SET … IFEQ`: then `complete` is that command.
     let fenced = store.check_config().await.unwrap().fenced_complete;
     assert_eq!(fenced, common::redis::server_binary().contains("valkey"));
@@ -586,7 +588,7 @@ async fn one_command_per_operation() {
     // The same claim renewed through a store that did not make it (it has the same token, as
     // after a restart of the store but not of the claim): the fenced `renew` guesses the value,
     // finds this token's claim, and sends the command once more against it.
-    let stranger = RedisStore::new(connection.clone(), TTL);
+    let stranger = RedisStore::new(connection.clone(), TTL).with_key_ttl(TTL);
     stranger.check_config().await.unwrap();
     let (sent, _) = measure(&connection, &mut admin, async {
         stranger.renew(&other_fp, owner, LEASE).await.unwrap()
@@ -611,7 +613,9 @@ async fn one_command_per_operation() {
     store.complete(&other_fp, owner, &rec).await.unwrap();
 
     // Turned off, `complete` is the script on every server.
-    let scripted = RedisStore::new(connection.clone(), TTL).with_fenced_commands(false);
+    let scripted = RedisStore::new(connection.clone(), TTL)
+        .with_key_ttl(TTL)
+        .with_fenced_commands(false);
     let off = StoreKey::new(None, "counted-scripted");
     scripted.begin(&off, None, owner, LEASE).await.unwrap();
     let (sent, _) = measure(&connection, &mut admin, async {
@@ -625,6 +629,34 @@ async fn one_command_per_operation() {
         &["evalsha"][..]
     };
     assert_eq!(sent, loaded);
+
+    // Keys that outlive their responses (the default): `begin` reads the tombstone and
+    // `complete` writes it, each in the same round trip as before.
+    let remembering = RedisStore::new(connection.clone(), TTL);
+    remembering.check_config().await.unwrap();
+    let kept = StoreKey::new(None, "counted-tombstone");
+    for replay in [false, true] {
+        let (sent, ran) = measure(&connection, &mut admin, async {
+            remembering.begin(&kept, None, owner, LEASE).await.unwrap();
+        })
+        .await;
+        assert_eq!(sent, ["<pipeline>"], "replay: {replay}");
+        assert_eq!(ran, stats(&[("set", 1), ("get", 1)]), "replay: {replay}");
+        if replay {
+            break;
+        }
+        let (sent, ran) = measure(&connection, &mut admin, async {
+            remembering.complete(&kept, owner, &rec).await.unwrap()
+        })
+        .await;
+        if fenced {
+            assert_eq!(sent, ["<pipeline>"]);
+            assert_eq!(ran, stats(&[("set", 2)]));
+        } else {
+            assert_eq!(sent, ["evalsha"]);
+            assert_eq!(ran, stats(&[("evalsha", 1), ("getrange", 1), ("set", 2)]));
+        }
+    }
 }
 
 /// On a cluster, a dead primary takes only its own slots down: keys on the other primaries keep

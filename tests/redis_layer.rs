@@ -491,3 +491,51 @@ async fn connection_killed_while_handler_runs() {
     assert_eq!(b.body, a.body);
     assert_eq!(runs.of("k"), 1);
 }
+
+/// A retry after the response's retention, while Redis still remembers the key (its
+/// tombstone), gets the `result-expired` problem and never runs again, on every instance; a
+/// different request under the key is still a mismatch; after the key retention the key runs
+/// again. With the key retention at the response's, the key runs again at once.
+#[tokio::test]
+async fn a_retry_after_the_response_expired_gets_result_expired() {
+    let prefix = unique_prefix("layer-retention");
+    let counter = common::Counter::new();
+    let store = |key_ttl: Duration| {
+        let prefix = prefix.clone();
+        async move {
+            let store = RedisStore::new(shared_manager().await, Duration::from_millis(300))
+                .with_key_ttl(key_ttl)
+                .with_prefix(&prefix);
+            IdempotencyLayer::new(store)
+        }
+    };
+    let mut one = common::app(store(Duration::from_millis(2_000)).await, &counter);
+    let mut two = common::app(store(Duration::from_millis(2_000)).await, &counter);
+    let order = |key: &str, amount: u32| common::post(key, &format!("{{\"amount\":{amount}}}"));
+
+    let first = common::send(&mut one, order("k", 1)).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for mut svc in [one.clone(), two.clone(), one.clone()] {
+        let late = common::send(&mut svc, order("k", 1)).await;
+        common::assert_problem(&late, 409, "result-expired");
+        assert_eq!(late.outcome, Some(Outcome::ReplayUnavailable));
+    }
+    let other = common::send(&mut two, order("k", 2)).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(counter.get(), 1);
+
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    let again = common::send(&mut two, order("k", 1)).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.outcome, Some(Outcome::Recorded));
+    assert_eq!(counter.get(), 2);
+
+    let mut forgetting = common::app(store(Duration::from_millis(300)).await, &counter);
+    let first = common::send(&mut forgetting, order("f", 1)).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = common::send(&mut forgetting, order("f", 1)).await;
+    assert_eq!(again.outcome, Some(Outcome::Recorded));
+    assert_eq!(counter.get(), 4);
+}

@@ -115,9 +115,93 @@ async fn value_layout_and_expiry() {
     let pttl: i64 = raw.pttl(&redis_key).await.unwrap();
     assert!((59_000..=60_000).contains(&pttl), "{pttl}");
 
+    // Next to the record, its tombstone: the fingerprint, no response, for the key retention.
+    let tombstone_key = format!("{redis_key}:t");
+    let value: Vec<u8> = raw.get(&tombstone_key).await.unwrap();
+    let mut expected = vec![1, 2];
+    expected.extend_from_slice(&owner.to_bytes());
+    expected.extend_from_slice(Record::response_expired(Some(fp)).as_bytes());
+    assert_eq!(value, expected);
+    let pttl: i64 = raw.pttl(&tombstone_key).await.unwrap();
+    let week = 7 * 24 * 60 * 60 * 1000;
+    assert!((week - 1_000..=week).contains(&pttl), "{pttl}");
+
     // The store writes no other key.
-    let keys: Vec<String> = raw.keys(format!("{prefix}*")).await.unwrap();
-    assert_eq!(keys, [redis_key]);
+    let mut keys: Vec<String> = raw.keys(format!("{prefix}*")).await.unwrap();
+    keys.sort();
+    assert_eq!(keys, [redis_key, tombstone_key]);
+}
+
+/// After the response's retention, the key's tombstone answers `begin` and `get` with a record
+/// of the fingerprint and no response, and `begin` leaves no claim behind; at the end of the
+/// key retention the key is new. With a key retention at or below `ttl` nothing else is kept.
+#[tokio::test]
+async fn keys_outlive_their_responses() {
+    let prefix = unique_prefix("retention");
+    let mut raw = shared_connection().await;
+    let store = RedisStore::new(shared_connection().await, Duration::from_millis(300))
+        .with_key_ttl(Duration::from_millis(1_500))
+        .with_prefix(&prefix);
+    let (key, fp, owner) = (
+        StoreKey::new(None, "remembered"),
+        Fingerprint::sha256(b"fp"),
+        OwnerToken::generate(),
+    );
+    assert_eq!(
+        store.begin(&key, Some(&fp), owner, LEASE).await.unwrap(),
+        Begin::New
+    );
+    store
+        .complete(&key, owner, &record(Some(fp), b"body"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    let late = OwnerToken::generate();
+    let expired = |begun: Begin| match begun {
+        Begin::Completed(record) => {
+            assert!(record.is_response_expired(), "{record:?}");
+            assert_eq!(record.fingerprint(), Some(&fp));
+            assert!(record.response().unwrap().is_none());
+        }
+        other => panic!("expected the tombstone, got {other:?}"),
+    };
+    expired(store.begin(&key, Some(&fp), late, LEASE).await.unwrap());
+    let claim: Option<Vec<u8>> = raw.get(store.redis_key(&key)).await.unwrap();
+    assert_eq!(claim, None, "begin left its claim on a remembered key");
+    match store.get(&key).await.unwrap() {
+        Some(Entry::Completed(record)) => expired(Begin::Completed(record)),
+        other => panic!("expected the tombstone, got {other:?}"),
+    }
+    // Another request under the key is told apart by the fingerprint the tombstone keeps.
+    expired(store.begin(&key, None, late, LEASE).await.unwrap());
+
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        store.begin(&key, Some(&fp), late, LEASE).await.unwrap(),
+        Begin::New
+    );
+
+    let forgetting = store.with_key_ttl(Duration::from_millis(300));
+    let key = StoreKey::new(None, "forgotten");
+    assert_eq!(
+        forgetting.begin(&key, None, owner, LEASE).await.unwrap(),
+        Begin::New
+    );
+    forgetting
+        .complete(&key, owner, &record(None, b"body"))
+        .await
+        .unwrap();
+    let tombstones: Vec<String> = raw
+        .keys(format!("{}:t", forgetting.redis_key(&key)))
+        .await
+        .unwrap();
+    assert_eq!(tombstones, Vec::<String>::new());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        forgetting.begin(&key, None, late, LEASE).await.unwrap(),
+        Begin::New
+    );
 }
 
 /// Values the store did not write are reported, never overwritten or handed out as records.

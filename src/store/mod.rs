@@ -186,6 +186,9 @@ pub trait Store: Send + Sync + 'static {
 /// How long the default [`Store::wait`] sleeps between looks.
 pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(25);
 
+/// How long stores remember a completed key by default, after its response too: 7 days.
+pub(crate) const DEFAULT_KEY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// The kinds of [`StoreError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

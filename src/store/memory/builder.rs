@@ -9,10 +9,9 @@ use tokio::time::Instant;
 use super::hasher::DigestState;
 use super::shard::{Limits, Shard};
 use super::{Inner, MemoryStore, Padded, Tick};
+use crate::store::DEFAULT_KEY_TTL;
 
 const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-/// How long a completed key is remembered, its response or not.
-const DEFAULT_KEY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 const DEFAULT_MAX_ENTRIES: usize = 100_000;
 const DEFAULT_MAX_BYTES: usize = 128 * 1024 * 1024;
 const MAX_SHARDS: usize = 1 << 16;

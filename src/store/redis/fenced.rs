@@ -11,7 +11,8 @@ use ::redis::aio::ConnectionLike;
 use super::RedisStore;
 use super::errors::{is_transport_error, map_error, unexpected_reply};
 use super::layout::{CLAIMED, COMPLETED, Claim, HEADER_LEN, VERSION, millis};
-use super::scripts::{COMPLETE, RENEW};
+use super::retention::tombstone;
+use super::scripts::RENEW;
 use crate::store::{Fingerprint, OwnerToken, Record, StoreError, StoreErrorKind, StoreKey};
 
 /// How many claims [`Held`] remembers at most; past that, fenced `renew`s guess and may need a
@@ -139,16 +140,7 @@ where
     ) -> Result<(), StoreError> {
         let done = match self.commands().await? {
             Commands::SetIfEq => self.complete_fenced(key, token, record).await,
-            Commands::Scripts => {
-                let ttl = millis(self.ttl).to_string();
-                self.owner_checked(
-                    &COMPLETE,
-                    key,
-                    token,
-                    &[&record.as_bytes()[..], ttl.as_bytes()],
-                )
-                .await
-            }
+            Commands::Scripts => self.complete_scripted(key, token, record).await,
         };
         if done.as_ref().err().is_none_or(|e| !e.kind().is_ambiguous()) {
             self.held.forget(key, token);
@@ -166,7 +158,7 @@ where
             Commands::SetIfEq => {
                 let claim = Claim::new(token, self.held.fingerprint(key, token).as_ref());
                 let claim = claim.as_bytes();
-                self.set_if_claimed(key, token, claim, claim, millis(lease))
+                self.set_if_claimed(key, token, claim, claim, millis(lease), None)
                     .await
             }
             Commands::Scripts => {
@@ -199,8 +191,16 @@ where
         value.extend_from_slice(&token.to_bytes());
         value.extend_from_slice(record.as_bytes());
         let claim = Claim::new(token, record.fingerprint());
-        self.set_if_claimed(key, token, &value, claim.as_bytes(), millis(self.ttl))
-            .await
+        let tombstone = self.remembers_keys().then(|| tombstone(token, record));
+        self.set_if_claimed(
+            key,
+            token,
+            &value,
+            claim.as_bytes(),
+            millis(self.ttl),
+            tombstone.as_deref(),
+        )
+        .await
     }
 
     /// `SET <key> <record> NX PX <ms>`: the owner's record on a key that is free, the rare
@@ -236,6 +236,13 @@ where
     /// command is sent once more against the claim found; nobody else writes a claim with this
     /// token. A key that already holds this token's record (a `complete` re-sent after a lost
     /// reply) counts as done for `complete` and as not owned for `renew`.
+    ///
+    /// A `tombstone` (the key's, for `complete` where keys outlive their responses) is written
+    /// in the same round trip as the first `SET`, whatever that finds: there is no fenced write
+    /// of a second key. Where the record is then refused, the tombstone stands for the execution
+    /// that this owner ran and could not record (its lease had run out and another owner holds
+    /// the key): that owner's record replaces it, and should that owner release instead, a retry
+    /// gets `result-expired` rather than running a third time.
     async fn set_if_claimed(
         &self,
         key: &StoreKey,
@@ -243,23 +250,39 @@ where
         value: &[u8],
         claim: &[u8],
         px: u64,
+        tombstone: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         let redis_key = self.redis_key(key);
         let completing = value.get(1) == Some(&COMPLETED);
         let mut expected = claim.to_vec();
+        let mut tombstone = tombstone.map(|t| (self.tombstone_key(key), t));
         for _ in 0..2 {
             let mut connection = self.connection.clone();
-            let reply: Value = ::redis::cmd("SET")
-                .arg(&redis_key)
+            let mut set = ::redis::cmd("SET");
+            set.arg(&redis_key)
                 .arg(if completing { value } else { &expected[..] })
                 .arg("IFEQ")
                 .arg(&expected)
                 .arg("PX")
                 .arg(px)
-                .arg("GET")
-                .query_async(&mut connection)
-                .await
-                .map_err(map_error)?;
+                .arg("GET");
+            let reply: Value = match tombstone.take() {
+                None => set.query_async(&mut connection).await,
+                Some((tombstone_key, tombstone)) => {
+                    let mut pipe = ::redis::pipe();
+                    pipe.add_command(set)
+                        .cmd("SET")
+                        .arg(tombstone_key)
+                        .arg(tombstone)
+                        .arg("PX")
+                        .arg(self.tombstone_px())
+                        .ignore();
+                    pipe.query_async::<(Value,)>(&mut connection)
+                        .await
+                        .map(|(reply,)| reply)
+                }
+            }
+            .map_err(map_error)?;
             let found = match reply {
                 Value::BulkString(found) => found,
                 // The key is free: its claim expired and nobody claimed it since (a `complete`

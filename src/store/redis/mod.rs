@@ -8,6 +8,7 @@ mod config;
 mod errors;
 mod fenced;
 mod layout;
+mod retention;
 mod scripts;
 mod wait;
 
@@ -23,11 +24,12 @@ pub use self::config::{ConfigReport, Persistence};
 use self::errors::{map_begin_error, map_error, unexpected_reply};
 use self::fenced::{Commands, Held};
 use self::layout::{Claim, decode, millis};
+use self::retention::read_tombstone;
 use self::scripts::RELEASE;
 pub use self::wait::RedisPushWaits;
 use super::{
-    Begin, DEFAULT_POLL_INTERVAL, Entry, Fingerprint, OwnerToken, Record, Store, StoreError,
-    StoreKey,
+    Begin, DEFAULT_KEY_TTL, DEFAULT_POLL_INTERVAL, Entry, Fingerprint, OwnerToken, Record, Store,
+    StoreError, StoreKey,
 };
 
 /// A [`Store`] in Redis or Redis Cluster, generic over the connection type: claims and records
@@ -108,7 +110,8 @@ use super::{
 /// prefix defaults to `idem:` ([`RedisStore::with_prefix`]). The braces are a Redis Cluster *hash
 /// tag*: the slot is computed from the digest alone. The digest is SHA-256 over the scope and the
 /// client's key ([`StoreKey`]), so clients cannot choose the slot, make keys longer than 64 + prefix
-/// bytes, or inject separators. The store uses no other key.
+/// bytes, or inject separators. The only other key is the record's tombstone,
+/// `{prefix}{<digest>}:t` (see *Key retention*), in the same slot.
 ///
 /// # Value layout, version 1
 ///
@@ -127,17 +130,18 @@ use super::{
 ///
 /// # Commands
 ///
-/// Each operation is **one command, one round trip**:
+/// Each operation is **one round trip**, of one command (or two pipelined, for the tombstone;
+/// `get` of a free key reads the tombstone in a second one):
 ///
 /// | operation | command | what runs on the server |
 /// | --- | --- | --- |
-/// | `begin` | `SET <claim> NX PX <lease> GET` | writes the claim where the key is free; answers with the value it found otherwise |
-/// | `complete` on Valkey ≥ 8.1, Redis ≥ 8.4 | `SET <record> IFEQ <claim> PX <ttl> GET` | writes only over this token's claim (a fenced compare-and-set); answers with the value it found |
-/// | `complete` on Redis 7.x | `EVALSHA` | `GETRANGE 0 17` (owner check); `SET … PX <ttl>` |
+/// | `begin` | `SET <claim> NX PX <lease> GET`, and `GET <tombstone>` in the same round trip where keys outlive their responses | writes the claim where the key is free; answers with the value it found otherwise |
+/// | `complete` on Valkey ≥ 8.1, Redis ≥ 8.4 | `SET <record> IFEQ <claim> PX <ttl> GET`, and `SET <tombstone> PX <key_ttl>` in the same round trip | writes only over this token's claim (a fenced compare-and-set); answers with the value it found |
+/// | `complete` on Redis 7.x | `EVALSHA` | `GETRANGE 0 17` (owner check); `SET … PX <ttl>`; the tombstone's `SET … PX <key_ttl>` |
 /// | `release` | `EVALSHA` | `GETRANGE 0 17`; `DEL` |
 /// | `renew` on Valkey ≥ 8.1, Redis ≥ 8.4 | `SET <claim> IFEQ <claim> PX <lease> GET` | the same value with a new expiry, only where the claim is there |
 /// | `renew` on Redis 7.x | `EVALSHA` | `GETRANGE 0 17`; `PEXPIRE` |
-/// | `get` | `GET` | |
+/// | `get` | `GET`; where the key is free and keys outlive their responses, `GET <tombstone>` | |
 ///
 /// A `begin` on a completed key returns the record in the same reply, so a replay costs one
 /// round trip, and costs the server about what a plain `GET` does: `begin`, the one command of
@@ -164,6 +168,31 @@ use super::{
 /// by the token that already completed the key succeeds: a command re-sent after a lost reply is
 /// harmless. A re-sent `release` that already took effect fails with
 /// [`StoreErrorKind::NotOwner`](crate::store::StoreErrorKind::NotOwner) (the claim is gone), which the layer only logs.
+///
+/// # Key retention
+///
+/// A key outlives its response: `complete` writes, next to the record, a *tombstone*
+/// `{prefix}{<digest>}:t` that expires after the key retention ([`with_key_ttl`], 7 days by
+/// default, counted from `complete` like the record's `ttl`). It has the layout of a completed
+/// value holding [`Record::response_expired`]: the token and the fingerprint, no response, about
+/// 40 bytes of value plus Redis's own per-key overhead (roughly 100 bytes with the key).
+///
+/// `begin` reads the tombstone in the same round trip as its `SET … NX … GET`. When the record
+/// has expired and the tombstone is there, that `SET` has just claimed the key: the store drops
+/// the claim again (the owner-checked `release`) and answers with the tombstone, so the layer
+/// answers [`result-expired`](crate::problem#result-expired) (`409`), or the mismatch for another
+/// request under the key, and nothing runs a second time. Should that drop fail, the claim ends
+/// with its lease; duplicates meanwhile get `409` as for a key in progress.
+///
+/// On the fenced path the tombstone is written in the same round trip as the record whether or
+/// not the record lands, since no command fences a second key; where the record is refused (the
+/// owner's lease ran out and another owner holds the key), the tombstone stands for the execution
+/// that ran and could not be recorded, until the other owner's record replaces it.
+///
+/// A key retention at or below `ttl` turns tombstones off: keys are forgotten with their
+/// responses, and `begin` is one command.
+///
+/// [`with_key_ttl`]: RedisStore::with_key_ttl
 ///
 /// # Waiting
 ///
@@ -237,6 +266,8 @@ pub struct RedisStore<C> {
     connection: C,
     prefix: Arc<str>,
     ttl: Duration,
+    /// How long a completed key is remembered (its tombstone), from `complete`.
+    key_ttl: Duration,
     poll_interval: Duration,
     push_waits: Option<RedisPushWaits>,
     /// Whether `complete` may be a fenced command where the server has one.
@@ -266,12 +297,26 @@ impl<C> RedisStore<C> {
             connection,
             prefix: Arc::from(Self::DEFAULT_PREFIX),
             ttl,
+            key_ttl: DEFAULT_KEY_TTL,
             poll_interval: DEFAULT_POLL_INTERVAL,
             push_waits: None,
             fenced: true,
             commands: Arc::new(tokio::sync::OnceCell::new()),
             held: Arc::default(),
         }
+    }
+
+    /// How long a completed key is remembered in all [7 days], counted from its `complete`
+    /// like the response's retention (`ttl`).
+    ///
+    /// When the response expires, the key's tombstone stays (see *Key retention* above): a retry
+    /// in that time gets the layer's [`result-expired`](crate::problem#result-expired) problem
+    /// instead of running again, and a different request under the key still gets the mismatch.
+    /// A value at or below `ttl` turns tombstones off: the key is forgotten with its response,
+    /// and `begin` is one command again.
+    pub fn with_key_ttl(mut self, key_ttl: Duration) -> Self {
+        self.key_ttl = key_ttl;
+        self
     }
 
     /// Puts every key under `prefix` (default `idem:`), e.g. to share one Redis between services
@@ -330,6 +375,11 @@ impl<C> RedisStore<C> {
         self.ttl
     }
 
+    /// How long a completed key is remembered ([`with_key_ttl`](Self::with_key_ttl)).
+    pub fn key_ttl(&self) -> Duration {
+        self.key_ttl.max(self.ttl)
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -358,6 +408,7 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("connection", &std::any::type_name::<C>())
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
+            .field("key_ttl", &self.key_ttl)
             .field("poll_interval", &self.poll_interval)
             .field("push_waits", &self.push_waits)
             .field("fenced", &self.fenced)
@@ -382,25 +433,46 @@ where
         lease: Duration,
     ) -> Result<Begin, StoreError> {
         // The claim's value; `SET … NX … GET` writes it only where the key is free, and
-        // answers with what the key held otherwise: claim or replay in one plain command.
+        // answers with what the key held otherwise: claim or replay in one plain command. Where
+        // keys outlive their responses, the key's tombstone comes back in the same round trip.
         let claim = Claim::new(token, fingerprint);
-        let mut connection = self.connection.clone();
-        let reply: Value = ::redis::cmd("SET")
-            .arg(self.redis_key(key))
+        let mut set = ::redis::cmd("SET");
+        set.arg(self.redis_key(key))
             .arg(claim.as_bytes())
             .arg("NX")
             .arg("PX")
             .arg(millis(lease))
-            .arg("GET")
-            .query_async(&mut connection)
-            .await
-            .map_err(map_begin_error)?;
+            .arg("GET");
+        let mut connection = self.connection.clone();
+        let (reply, tombstone) = if self.remembers_keys() {
+            let mut pipe = ::redis::pipe();
+            pipe.add_command(set)
+                .cmd("GET")
+                .arg(self.tombstone_key(key));
+            let (reply, tombstone): (Value, Value) = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(map_begin_error)?;
+            (reply, tombstone)
+        } else {
+            let reply = set
+                .query_async(&mut connection)
+                .await
+                .map_err(map_begin_error)?;
+            (reply, Value::Nil)
+        };
         let begun = match reply {
             Value::Nil => Begin::New,
             // Held by this very token: a re-sent `begin` whose first reply was lost, so `New`.
             Value::BulkString(value) => decode(Bytes::from(value))?.begin_for(token),
             other => return Err(unexpected_reply(&other)),
         };
+        if begun == Begin::New
+            && let Some(tombstone) = read_tombstone(tombstone)?
+        {
+            // The response expired, the key is remembered: no second execution.
+            return Ok(self.refuse_expired(key, token, tombstone).await);
+        }
         if begun == Begin::New && self.commands.get() == Some(&Commands::SetIfEq) {
             // For a fenced `renew`, which must name the claim's whole value.
             self.held.insert(key, token, fingerprint, lease);
@@ -417,6 +489,7 @@ where
         self.complete_with(key, token, record).await
     }
 
+    /// The record or the claim; where neither is there, the key's tombstone (a second `GET`).
     async fn get(&self, key: &StoreKey) -> Result<Option<Entry>, StoreError> {
         let mut connection = self.connection.clone();
         let reply: Value = ::redis::cmd("GET")
@@ -425,6 +498,14 @@ where
             .await
             .map_err(map_error)?;
         match reply {
+            Value::Nil if self.remembers_keys() => {
+                let tombstone: Value = ::redis::cmd("GET")
+                    .arg(self.tombstone_key(key))
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(map_error)?;
+                Ok(read_tombstone(tombstone)?.map(Entry::Completed))
+            }
             Value::Nil => Ok(None),
             Value::BulkString(value) => decode(Bytes::from(value)).map(Some),
             other => Err(unexpected_reply(&other)),
