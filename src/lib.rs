@@ -134,10 +134,11 @@
 //! What can: an owner that stops past its lease (a killed process, or a store unreachable from it
 //! for longer than what is left of the lease), a store that loses what it acknowledged (Redis
 //! without persistence, a failover to a replica that missed the record), a record evicted early
-//! by a full store, and a retry after the store forgot the key (`MemoryStore` and `RedisStore`
-//! remember keys past their responses, for [`key_ttl`](store::MemoryStoreBuilder::key_ttl) and
-//! [`with_key_ttl`](store::RedisStore::with_key_ttl), 7 days by default; the PostgreSQL store
-//! forgets a key with its response).
+//! by a full store, and a retry after the store forgot the key (`MemoryStore`, `RedisStore`
+//! and `PostgresStore` remember keys past their responses, for
+//! [`key_ttl`](store::MemoryStoreBuilder::key_ttl),
+//! [`with_key_ttl`](store::RedisStore::with_key_ttl) and
+//! [`key_ttl`](store::PostgresStoreBuilder::key_ttl), 7 days by default).
 //!
 //! # Layer order
 //!

@@ -65,10 +65,10 @@
 //! # Result expired
 //! `409`: the request with this key completed long ago; its response's retention ran out, but
 //! the store still remembers the key (its key retention is longer, see
-//! [`MemoryStoreBuilder::key_ttl`](crate::store::MemoryStoreBuilder::key_ttl) and, with the
-//! `redis` feature, `RedisStore::with_key_ttl`). The operation is
-//! done and will not run again, and its response is gone. No `Retry-After`: retrying cannot
-//! change the answer. Send a new key for a new operation.
+//! [`MemoryStoreBuilder::key_ttl`](crate::store::MemoryStoreBuilder::key_ttl),
+//! `RedisStore::with_key_ttl` and `PostgresStoreBuilder::key_ttl`). The operation is done and
+//! will not run again, and its response is gone. No `Retry-After`: retrying cannot change the
+//! answer. Send a new key for a new operation.
 //!
 //! # Store unavailable
 //! `503` with `Retry-After`: the store failed or timed out, so the layer cannot tell whether the

@@ -96,11 +96,13 @@ async fn many_claimers_on_many_connections_have_one_winner() {
     }
 }
 
-/// A store on the same table as `store`, with another TTL.
+/// A store on the same table as `store` that keeps records for `ttl` and then forgets their
+/// keys.
 fn store_in_same_table(store: &PostgresStore, ttl: Duration) -> PostgresStore {
     PostgresStore::builder(store.pool().clone())
         .table(store.table())
         .ttl(ttl)
+        .key_ttl(ttl)
         .build()
         .unwrap()
 }

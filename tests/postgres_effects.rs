@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
-use common::postgres::{pool, store_in};
+use common::postgres::{pool, sleep_past, store_with};
 use common::{Counter, Gate, Reply, assert_problem, read};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -24,7 +24,8 @@ use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_idempotency::record::Record;
 use tower_idempotency::store::{
-    Begin, Entry, OwnerToken, PostgresStore, Store, StoreError, StoreErrorKind, StoreKey,
+    Begin, Entry, OwnerToken, PostgresStore, PostgresStoreBuilder, Store, StoreError,
+    StoreErrorKind, StoreKey,
 };
 use tower_idempotency::{IdempotencyClaim, IdempotencyLayer, Outcome};
 
@@ -92,8 +93,16 @@ async fn pay(
 }
 
 async fn app(test: &str) -> App {
+    app_with(test, |b| b.ttl(Duration::from_secs(600))).await
+}
+
+/// [`app`] over a store configured by `configure`.
+async fn app_with(
+    test: &str,
+    configure: impl FnOnce(PostgresStoreBuilder) -> PostgresStoreBuilder,
+) -> App {
     let pool = pool(16).await;
-    let store = store_in(pool.clone(), test, Duration::from_secs(600)).await;
+    let store = store_with(pool.clone(), test, configure).await;
     let payments = format!("\"payments_{}\"", OwnerToken::generate());
     sqlx::query(&format!(
         "CREATE TABLE {payments} (id bigserial PRIMARY KEY, key text NOT NULL, run int NOT NULL, \
@@ -378,4 +387,37 @@ async fn committed_effects_without_a_record_are_never_run_again() {
     assert_eq!(payments_of(&app, &key).await, vec![1]);
     let entry = app.store.get(&StoreKey::new(None, &key)).await.unwrap();
     assert!(matches!(entry, Some(Entry::Completed(r)) if !r.is_stored()));
+}
+
+/// A key whose effects committed is remembered like any completed key: after the response
+/// retention, a retry of the owner that died before recording gets `result-expired`, never a
+/// second payment, until the key retention ends; then the key is new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_effects_are_remembered_for_the_key_retention() {
+    let app = app_with("retained", |b| {
+        b.ttl(Duration::from_millis(300))
+            .key_ttl(Duration::from_secs(3))
+    })
+    .await;
+    let dying = router(
+        &app,
+        IdempotencyLayer::new(Faulty(app.store.clone(), Fault::DiesBeforeRecording))
+            .lease(Duration::from_millis(500)),
+    );
+    let healthy = router(&app, IdempotencyLayer::new(app.store.clone()));
+    let key = format!("retained-{}", OwnerToken::generate());
+    let store_key = StoreKey::new(None, &key);
+    let first = send(&dying, payment(&key, "ok", false)).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    sleep_past(&app.store, &store_key, "lease_until").await;
+    sleep_past(&app.store, &store_key, "record_until").await;
+    let late = send(&healthy, payment(&key, "ok", false)).await;
+    assert_problem(&late, 409, "result-expired");
+    assert_eq!(app.runs.get(), 1);
+    assert_eq!(payments_of(&app, &key).await, vec![1]);
+
+    sleep_past(&app.store, &store_key, "expires_at").await;
+    let again = send(&healthy, payment(&key, "ok", false)).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{again:?}");
+    assert_eq!(payments_of(&app, &key).await, vec![1, 2]);
 }

@@ -280,6 +280,15 @@ pub(crate) fn assert_problem(reply: &Reply, status: u16, slug: &str) -> serde_js
     json
 }
 
+/// Asserts that `reply` is the `result-expired` problem of a key whose response expired: no
+/// `Retry-After` (retrying cannot change the answer), outcome `ReplayUnavailable`.
+pub(crate) fn assert_result_expired(reply: &Reply) {
+    let json = assert_problem(reply, 409, "result-expired");
+    assert_eq!(json["title"], "Result expired");
+    assert!(!reply.headers.contains_key("retry-after"), "{reply:?}");
+    assert_eq!(reply.outcome, Some(Outcome::ReplayUnavailable));
+}
+
 /// The store operations a [`Probe`] counts and can break.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Op {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tower_idempotency::store::{OwnerToken, PostgresStore};
+use tower_idempotency::store::{OwnerToken, PostgresStore, PostgresStoreBuilder, StoreKey};
 
 /// The shared server's URL; `.ci/test` sets it (or starts a private server and sets it).
 pub(crate) fn database_url() -> String {
@@ -43,13 +43,38 @@ pub(crate) fn unique_table(test: &str) -> String {
 
 /// A store in a table of its own, migrated.
 pub(crate) async fn store_in(pool: PgPool, test: &str, ttl: Duration) -> PostgresStore {
-    let store = PostgresStore::builder(pool)
-        .ttl(ttl)
-        .table(unique_table(test))
+    store_with(pool, test, |b| b.ttl(ttl)).await
+}
+
+/// A store in a table of its own, configured by `configure`, migrated.
+pub(crate) async fn store_with(
+    pool: PgPool,
+    test: &str,
+    configure: impl FnOnce(PostgresStoreBuilder) -> PostgresStoreBuilder,
+) -> PostgresStore {
+    let store = configure(PostgresStore::builder(pool).table(unique_table(test)))
         .build()
         .expect("a valid store configuration");
     store.migrate().await.expect("migrate");
     store
+}
+
+/// Sleeps until the database's clock, by which the store judges every time, has passed the
+/// time in `column` (`lease_until`, `record_until`, `expires_at`) of `key`'s row; panics
+/// instead when that is more than a minute away.
+pub(crate) async fn sleep_past(store: &PostgresStore, key: &StoreKey, column: &str) {
+    let left: Option<f64> = sqlx::query_scalar(&format!(
+        "SELECT extract(epoch FROM {column} - now())::float8 FROM \"{}\" WHERE key = $1",
+        store.table()
+    ))
+    .bind(&key.digest()[..])
+    .fetch_optional(store.pool())
+    .await
+    .expect("read the key's row")
+    .flatten();
+    let left = left.unwrap_or_else(|| panic!("no {column} for the key"));
+    assert!(left < 60.0, "{column} of the key is {left} s away");
+    tokio::time::sleep(Duration::from_secs_f64(left.max(0.0)) + Duration::from_millis(10)).await;
 }
 
 /// The directory of PostgreSQL's programs: `PG_BIN`, else the newest Debian install.

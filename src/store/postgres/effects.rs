@@ -15,8 +15,9 @@ impl IdempotencyClaim {
     /// `claimed` state (the lease may have run out, as long as nobody claimed the key since).
     /// It locks the key's row until the transaction ends, so no other request can take the key
     /// over between this statement and the commit. After the commit, the key is never run
-    /// again within the store's retention time, whether or not the layer gets to record the
-    /// response (see "Exactly-once effects" on [`PostgresStore`]).
+    /// again within the store's [`key_ttl`](crate::store::PostgresStoreBuilder::key_ttl),
+    /// whether or not the layer gets to record the response (see "Exactly-once effects" and
+    /// "Retention" on [`PostgresStore`]).
     ///
     /// `tx` is a `&mut Transaction<'_, Postgres>` (or any `&mut PgConnection` inside an open
     /// transaction). Without a transaction the mark commits on its own, and the guarantee is

@@ -34,6 +34,10 @@ const BEGIN_ATTEMPTS: usize = 8;
 const SWEEP_GRACE: Duration = Duration::from_secs(60);
 /// The longest duration the store sends (100 years): PostgreSQL refuses timestamps past 294276 AD.
 const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
+/// How long completed responses are kept by default.
+const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a completed key is remembered by default, its response or not.
+const DEFAULT_KEY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// A [`Store`] in a PostgreSQL table, over an [`sqlx::PgPool`], with **exactly-once effects**
 /// for handlers whose writes go to the same database.
@@ -100,23 +104,28 @@ const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 ///
 /// ```sql
 /// CREATE TABLE IF NOT EXISTS "idempotency" (
-///     key         bytea       PRIMARY KEY,  -- StoreKey::digest(), 32 bytes
-///     state       text        NOT NULL CHECK (state IN ('claimed', 'committed', 'completed')),
-///     token       bytea       NOT NULL,     -- the owner token, 16 bytes
-///     fingerprint bytea,                    -- the request's fingerprint, 32 bytes
-///     lease_until timestamptz NOT NULL,     -- end of the owner's lease
-///     expires_at  timestamptz NOT NULL,     -- the row counts as absent from then on
-///     record      bytea,                    -- the encoded response; NULL: not stored
-///     watched     boolean     NOT NULL DEFAULT false -- a duplicate waits: notify
+///     key          bytea       PRIMARY KEY,  -- StoreKey::digest(), 32 bytes
+///     state        text        NOT NULL CHECK (state IN ('claimed', 'committed', 'completed')),
+///     token        bytea       NOT NULL,     -- the owner token, 16 bytes
+///     fingerprint  bytea,                    -- the request's fingerprint, 32 bytes
+///     lease_until  timestamptz NOT NULL,     -- end of the owner's lease
+///     expires_at   timestamptz NOT NULL,     -- the row counts as absent from then on
+///     record       bytea,                    -- the encoded response; NULL: not stored, or freed
+///     record_until timestamptz,              -- the response counts as expired from then on
+///     watched      boolean     NOT NULL DEFAULT false -- a duplicate waits: notify
 /// );
-/// CREATE INDEX IF NOT EXISTS "idempotency_expires_at" ON "idempotency" (expires_at);
+/// CREATE INDEX "idempotency_expires_at" ON "idempotency" (expires_at);
+/// CREATE INDEX "idempotency_bodies" ON "idempotency" (record_until) WHERE record IS NOT NULL;
 /// ```
+///
+/// (The SQL creates the indexes, and adds `record_until` to a table of an earlier version,
+/// only when they are missing; see [`migrate`](Self::migrate).)
 ///
 /// | state | meaning | `begin` by another request |
 /// | --- | --- | --- |
 /// | `claimed` | a request runs; the row expires with its lease | `InProgress`, free after `expires_at` |
-/// | `committed` | its effects committed, the response is not recorded yet | `InProgress` until `lease_until`, then `Completed(not_stored)` |
-/// | `completed` | the response is recorded (or `record` is NULL: not stored) | `Completed`, free after `expires_at` |
+/// | `committed` | its effects committed, the response is not recorded yet | `InProgress` until `lease_until`, then `Completed(not_stored)`, after `record_until` `Completed(response_expired)`, free after `expires_at` |
+/// | `completed` | the response is recorded (or `record` is NULL: not stored) | `Completed`, after `record_until` `Completed(response_expired)`, free after `expires_at` |
 ///
 /// All times are the database server's, so the app servers' clocks do not matter.
 ///
@@ -127,12 +136,12 @@ const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 /// | operation | statement |
 /// | --- | --- |
 /// | `begin` | a `SELECT` of a live record (a replay: no lock, no write); else `INSERT … ON CONFLICT (key) DO UPDATE … WHERE <free or ours> RETURNING`, and the row as it is when the claim was refused (in progress) |
-/// | `complete` | `UPDATE … WHERE token = $2 AND state <> 'completed'` + `pg_notify` in a CTE when a duplicate waits |
+/// | `complete` | `UPDATE … SET record = $3, record_until = now() + <ttl>, expires_at = now() + <key_ttl> WHERE token = $2 AND state <> 'completed'` + `pg_notify` in a CTE when a duplicate waits |
 /// | `release` | `DELETE … WHERE token = $2 AND state = 'claimed' AND lease_until > now()` + `pg_notify` when a duplicate waits |
 /// | `wait` | `UPDATE … SET watched = true … RETURNING <lease left>` |
 /// | `renew` | `UPDATE … SET lease_until …` (owner checked) |
 /// | `get` | `SELECT … WHERE key = $1 AND expires_at > now()` |
-/// | `commit_in` | `UPDATE … SET state = 'committed' WHERE token = $2 AND state = 'claimed'`, in the handler's transaction |
+/// | `commit_in` | `UPDATE … SET state = 'committed', record_until = <ttl>, expires_at = <key_ttl> from now WHERE token = $2 AND state = 'claimed'`, in the handler's transaction |
 ///
 /// **Concurrent `begin`s at READ COMMITTED.** `ON CONFLICT DO UPDATE` locks the conflicting row
 /// and judges its latest committed version, so exactly one of many concurrent claimers wins,
@@ -151,18 +160,49 @@ const MAX_MICROS: i64 = 100 * 365 * 24 * 60 * 60 * 1_000_000;
 /// it: it turns it into "completed, response not stored" at once (so waiting duplicates get
 /// their answer) and fails with `NotOwner`, which the layer takes as done.
 ///
+/// # Retention
+///
+/// A completed key keeps its response for [`ttl`](PostgresStoreBuilder::ttl) (default 24 h)
+/// and is remembered, without its response, until
+/// [`key_ttl`](PostgresStoreBuilder::key_ttl) (default 7 days) after it completed:
+///
+/// | age of the key | a retry with the same request | a different request under the key |
+/// | --- | --- | --- |
+/// | up to `ttl` (`record_until`) | the replay | `422` mismatch |
+/// | up to `key_ttl` (`expires_at`) | `409` [`result-expired`](crate::problem#result-expired), never a second execution | `422` mismatch |
+/// | later | runs as a new request | runs as a new request |
+///
+/// Past `record_until` the statements no longer send the response, and the store answers
+/// [`Record::response_expired`] built from the row's fingerprint; the sweep then frees the
+/// response (`record = NULL`). A remembered key costs about 270 bytes of table and indexes
+/// (measured after `VACUUM` over 200 000 keys: 167 bytes of row, 77 of primary key, 23 of
+/// expiry index), and one more `UPDATE` when its response is freed. Seven days of keys at
+/// 100 requests per second are about 60 million rows, 16 GB. Set `key_ttl` equal to `ttl` to
+/// forget keys together with their responses: the rows are then deleted at `ttl` as before.
+/// A key whose effects committed ([`commit_in`](crate::IdempotencyClaim::commit_in)) is
+/// remembered for `key_ttl` from its commit, whether or not its response is recorded.
+///
+/// Rows written before `record_until` existed (NULL) keep their response until they expire,
+/// as they did. During a rolling upgrade, an instance of an earlier version that claims a key
+/// again (only possible after its `key_ttl` ran out) leaves the old `record_until` in place,
+/// so a response it records would read as expired at once: a retry gets `result-expired`,
+/// never a second execution.
+///
 /// # Expiry without a cron job
 ///
 /// An expired row counts as absent for every statement at once (`expires_at > now()`), and a
 /// `begin` reuses it in place. Rows are deleted by the store itself, in bounded batches: every
 /// [`sweep_every`](PostgresStoreBuilder::sweep_every)-th `begin` of an instance (default 100,
-/// the first one included) spawns one
-/// `DELETE … WHERE key IN (SELECT key … WHERE expires_at < now() - 60 s ORDER BY expires_at
-/// LIMIT <batch> FOR UPDATE SKIP LOCKED)` (default batch 1000) unless one is still running. An
-/// instance deletes up to ten rows per request it claims, more than it creates, so the table
-/// stays at about the live keys and the records kept for the retention time; `SKIP LOCKED`
-/// lets many instances sweep without waiting for each other or for requests.
-/// [`sweep`](Self::sweep) runs one batch on demand.
+/// the first one included) spawns one statement (unless one is still running) that
+/// `DELETE`s `… WHERE key IN (SELECT key … WHERE expires_at < now() - 60 s ORDER BY expires_at
+/// LIMIT <batch> FOR UPDATE SKIP LOCKED)` (default batch 1000) and, in the same statement,
+/// frees up to a batch of responses past their `record_until` (`UPDATE … SET record = NULL`,
+/// found by the partial index `<table>_bodies`, also `SKIP LOCKED`; 1000 responses of 1 KiB in
+/// about 10 ms). An instance deletes and frees up to ten rows per request it claims, more than
+/// it creates, so the table stays at about the live keys, the responses kept for `ttl` and the
+/// keys remembered for `key_ttl`; `SKIP LOCKED` lets many instances sweep without waiting for
+/// each other or for requests. [`sweep`](Self::sweep) runs one batch on demand. The space of
+/// a freed response is reused after PostgreSQL's autovacuum has passed.
 ///
 /// # Waiting
 ///
@@ -243,6 +283,7 @@ struct Inner {
     table: schema::Table,
     statements: Statements,
     ttl: Duration,
+    key_ttl: Duration,
     poll_interval: Duration,
     sweep_every: u64,
     sweep_batch: i64,
@@ -257,6 +298,7 @@ struct Inner {
 pub struct PostgresStoreBuilder {
     pool: PgPool,
     ttl: Duration,
+    key_ttl: Duration,
     table: String,
     poll_interval: Duration,
     sweep_every: u64,
@@ -264,9 +306,25 @@ pub struct PostgresStoreBuilder {
 }
 
 impl PostgresStoreBuilder {
-    /// How long completed records (and keys whose effects committed) are kept (default 24 h).
+    /// How long completed responses are kept and replayed (default 24 h).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self
+    }
+
+    /// How long a completed key is remembered in all (default 7 days), at least
+    /// [`ttl`](Self::ttl).
+    ///
+    /// When a response's retention (`ttl`) runs out, the key's row stays, without the response,
+    /// until `key_ttl` after it was completed: a retry in that time gets the layer's
+    /// [`result-expired`](crate::problem#result-expired) problem (`409`) instead of running
+    /// again, and a different request under the key still gets the mismatch (`422`). The sweep
+    /// frees the response of such rows; a remembered key then costs about 200 bytes of table
+    /// and indexes (see "Retention" on [`PostgresStore`]). A key whose effects committed
+    /// ([`commit_in`](crate::IdempotencyClaim::commit_in)) is remembered as long. Set it equal
+    /// to `ttl` to forget keys together with their responses; a shorter value counts as `ttl`.
+    pub fn key_ttl(mut self, key_ttl: Duration) -> Self {
+        self.key_ttl = key_ttl;
         self
     }
 
@@ -312,6 +370,7 @@ impl PostgresStoreBuilder {
                 pool: self.pool,
                 table,
                 ttl: self.ttl,
+                key_ttl: self.key_ttl.max(self.ttl),
                 poll_interval: self.poll_interval,
                 sweep_every: self.sweep_every,
                 sweep_batch: i64::from(self.sweep_batch),
@@ -370,12 +429,13 @@ impl PostgresStore {
         }
     }
 
-    /// A builder for a store over `pool`, with the defaults of [`new`](Self::new) and a TTL of
-    /// 24 hours.
+    /// A builder for a store over `pool`, with the defaults of [`new`](Self::new), a TTL of
+    /// 24 hours and a key TTL of 7 days.
     pub fn builder(pool: PgPool) -> PostgresStoreBuilder {
         PostgresStoreBuilder {
             pool,
-            ttl: Duration::from_secs(24 * 60 * 60),
+            ttl: DEFAULT_TTL,
+            key_ttl: DEFAULT_KEY_TTL,
             table: Self::DEFAULT_TABLE.to_owned(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             sweep_every: 100,
@@ -383,9 +443,15 @@ impl PostgresStore {
         }
     }
 
-    /// How long completed records are kept.
+    /// How long completed responses are kept.
     pub fn ttl(&self) -> Duration {
         self.inner.ttl
+    }
+
+    /// How long completed keys are remembered, at least [`ttl`](Self::ttl); see
+    /// [`PostgresStoreBuilder::key_ttl`].
+    pub fn key_ttl(&self) -> Duration {
+        self.inner.key_ttl
     }
 
     /// The table, as configured (also the `NOTIFY` channel).
@@ -398,17 +464,23 @@ impl PostgresStore {
         &self.inner.pool
     }
 
-    /// Deletes up to one batch of rows that expired more than a minute ago, and returns how
-    /// many it deleted. The store runs this by itself (see "Expiry without a cron job");
-    /// calling it is never needed for correctness.
+    /// Deletes up to one batch of rows that expired more than a minute ago and frees the
+    /// responses of up to one batch of remembered keys (whose response retention ran out), and
+    /// returns how many rows it changed. The store runs this by itself (see "Expiry without a
+    /// cron job"); calling it is never needed for correctness.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
-        let done = sqlx::query(&self.inner.statements.sweep)
+        let row = sqlx::query(&self.inner.statements.sweep)
             .bind(self.inner.sweep_batch)
             .bind(micros(SWEEP_GRACE))
-            .execute(&self.inner.pool)
+            .fetch_one(&self.inner.pool)
             .await
             .map_err(map_error)?;
-        Ok(done.rows_affected())
+        let deleted: i64 = row.try_get(0).map_err(map_error)?;
+        let freed: i64 = row.try_get(1).map_err(map_error)?;
+        if deleted + freed > 0 {
+            tracing::debug!(deleted, freed, "swept idempotency rows");
+        }
+        Ok(u64::try_from(deleted + freed).unwrap_or(0))
     }
 
     /// Spawns a sweep on every `sweep_every`-th call, unless one is running.
@@ -429,10 +501,8 @@ impl PostgresStore {
         }
         let store = self.clone();
         handle.spawn(async move {
-            match store.sweep().await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(rows = n, "swept expired idempotency rows"),
-                Err(e) => tracing::debug!(error = %e, "sweeping expired idempotency rows failed"),
+            if let Err(e) = store.sweep().await {
+                tracing::debug!(error = %e, "sweeping expired idempotency rows failed");
             }
             store.inner.sweeping.store(false, Ordering::Release);
         });
@@ -450,6 +520,7 @@ impl PostgresStore {
         let done = sqlx::query(&self.inner.statements.commit_in)
             .bind(&key.digest()[..])
             .bind(&token.to_bytes()[..])
+            .bind(micros(self.inner.key_ttl))
             .bind(micros(self.inner.ttl))
             .execute(conn)
             .await
@@ -467,6 +538,7 @@ impl fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("table", &inner.table.name())
             .field("ttl", &inner.ttl)
+            .field("key_ttl", &inner.key_ttl)
             .field("poll_interval", &inner.poll_interval)
             .field("sweep_every", &inner.sweep_every)
             .field("sweep_batch", &inner.sweep_batch)
@@ -503,7 +575,7 @@ impl Store for PostgresStore {
             if row.try_get::<bool, _>(0).map_err(map_error)? {
                 return Ok(Begin::New);
             }
-            let alive: bool = row.try_get(6).map_err(map_error)?;
+            let alive: bool = row.try_get(7).map_err(map_error)?;
             match decode(&row)? {
                 // Free, or ours, in the snapshot, yet refused: a newer version exists.
                 _ if !alive => continue,
@@ -530,8 +602,9 @@ impl Store for PostgresStore {
             .bind(&key.digest()[..])
             .bind(&token.to_bytes()[..])
             .bind(&record.as_bytes()[..])
-            .bind(micros(self.inner.ttl))
+            .bind(micros(self.inner.key_ttl))
             .bind(self.inner.table.name())
+            .bind(micros(self.inner.ttl))
             .fetch_one(&self.inner.pool)
             .await
             .map_err(map_error)?;
@@ -626,18 +699,22 @@ impl Store for PostgresStore {
     }
 }
 
-/// The entry of a row whose columns from 1 on are `state, token, fingerprint, live, record`.
+/// The entry of a row whose columns from 1 on are `state, token, fingerprint, live, record,
+/// expired`.
 fn decode(row: &PgRow) -> Result<Entry, StoreError> {
     decode_at(row, 1)
 }
 
-/// The entry of a row whose columns from `at` on are `state, token, fingerprint, live, record`.
+/// The entry of a row whose columns from `at` on are `state, token, fingerprint, live, record,
+/// expired`. A completed key past its response retention (`expired`) is the small record of
+/// [`Record::response_expired`], made here: the statements never send its response.
 fn decode_at(row: &PgRow, at: usize) -> Result<Entry, StoreError> {
     let state: String = row.try_get(at).map_err(map_error)?;
     let token: Vec<u8> = row.try_get(at + 1).map_err(map_error)?;
     let fingerprint: Option<Vec<u8>> = row.try_get(at + 2).map_err(map_error)?;
     let live: bool = row.try_get(at + 3).map_err(map_error)?;
     let record: Option<Vec<u8>> = row.try_get(at + 4).map_err(map_error)?;
+    let expired: bool = row.try_get(at + 5).map_err(map_error)?;
     let token = OwnerToken::from_bytes(
         token
             .try_into()
@@ -654,6 +731,9 @@ fn decode_at(row: &PgRow, at: usize) -> Result<Entry, StoreError> {
     match (state.as_str(), record) {
         ("claimed", _) => Ok(Entry::InProgress { fingerprint, token }),
         ("committed", _) if live => Ok(Entry::InProgress { fingerprint, token }),
+        ("committed" | "completed", _) if expired => {
+            Ok(Entry::Completed(Record::response_expired(fingerprint)))
+        }
         ("committed", _) | ("completed", None) => Ok(not_stored()),
         ("completed", Some(record)) => {
             Ok(Entry::Completed(Record::from_bytes(Bytes::from(record))?))
@@ -752,10 +832,22 @@ mod tests {
             build(PostgresStore::builder(pool.clone()).ttl(Duration::ZERO)),
             PostgresConfigError::ZeroDuration("ttl")
         );
-        let store = PostgresStore::builder(pool)
+        let store = PostgresStore::builder(pool.clone())
             .table("app.idem")
             .build()
             .unwrap();
         assert_eq!(store.table(), "app.idem");
+        assert_eq!(store.key_ttl(), DEFAULT_KEY_TTL);
+        let hour = Duration::from_secs(3600);
+        let short = PostgresStore::builder(pool)
+            .ttl(hour)
+            .key_ttl(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        assert_eq!(
+            short.key_ttl(),
+            hour,
+            "a key is kept at least with its response"
+        );
     }
 }

@@ -6,6 +6,14 @@
 
 use super::schema::Table;
 
+/// The columns every read of a key returns, in this order (see `decode_at`): `state, token,
+/// fingerprint, live, record, expired`. Past its response retention (`record_until`) a row is
+/// `expired` and its response is not sent, even before the sweep frees it; rows written before
+/// `record_until` existed (NULL) keep their response until `expires_at`, as they did.
+const ENTRY: &str = "state, token, fingerprint, lease_until > now() AS live, \
+     CASE WHEN record_until <= now() THEN NULL ELSE record END AS record, \
+     coalesce(record_until <= now(), false) AS expired";
+
 /// The statements of one store.
 #[derive(Debug)]
 pub(super) struct Statements {
@@ -36,8 +44,8 @@ impl Statements {
             // free; the store sends the statement again (see `PostgresStore::begin`).
             begin: format!(
                 "WITH done AS ( \
-                   SELECT state, token, fingerprint, lease_until > now() AS live, record \
-                   FROM {t} WHERE key = $1 AND state = 'completed' AND expires_at > now() \
+                   SELECT {ENTRY} FROM {t} \
+                   WHERE key = $1 AND state = 'completed' AND expires_at > now() \
                  ), claimed AS ( \
                    INSERT INTO {t} AS r (key, state, token, fingerprint, lease_until, expires_at, record) \
                    SELECT $1, 'claimed', $2, $3, now() + $4 * interval '1 microsecond', \
@@ -45,22 +53,24 @@ impl Statements {
                    WHERE NOT EXISTS (SELECT 1 FROM done) \
                    ON CONFLICT (key) DO UPDATE SET state = 'claimed', token = excluded.token, \
                      fingerprint = excluded.fingerprint, lease_until = excluded.lease_until, \
-                     expires_at = excluded.expires_at, record = NULL, watched = false \
+                     expires_at = excluded.expires_at, record = NULL, record_until = NULL, \
+                     watched = false \
                    WHERE r.expires_at <= now() OR (r.state = 'claimed' AND r.token = excluded.token) \
                    RETURNING 1 \
                  ) \
                  SELECT true AS new, NULL::text AS state, NULL::bytea AS token, \
                         NULL::bytea AS fingerprint, NULL::bool AS live, NULL::bytea AS record, \
-                        NULL::bool AS alive \
+                        NULL::bool AS expired, NULL::bool AS alive \
                    FROM claimed \
                  UNION ALL \
-                 SELECT false, state, token, fingerprint, live, record, true FROM done \
+                 SELECT false, *, true FROM done \
                  UNION ALL \
-                 SELECT false, state, token, fingerprint, lease_until > now(), record, expires_at > now() \
+                 SELECT false, {ENTRY}, expires_at > now() \
                    FROM {t} WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM claimed) \
                    AND NOT EXISTS (SELECT 1 FROM done)"
             ),
-            // $1 key, $2 token, $3 record, $4 retention (µs), $5 channel.
+            // $1 key, $2 token, $3 record, $4 key retention (µs), $5 channel, $6 response
+            // retention (µs).
             //
             // Lands where the row still carries this token and is not completed: a live claim,
             // a claim whose lease ran out with nobody claiming the key since, or a key whose
@@ -68,7 +78,8 @@ impl Statements {
             complete: format!(
                 "WITH done AS ( \
                    UPDATE {t} SET state = 'completed', record = $3, lease_until = now(), \
-                     expires_at = now() + $4 * interval '1 microsecond' \
+                     expires_at = now() + $4 * interval '1 microsecond', \
+                     record_until = now() + $6 * interval '1 microsecond' \
                    WHERE key = $1 AND token = $2 AND state <> 'completed' \
                    RETURNING key, watched \
                  ), woken AS (SELECT pg_notify($5, encode(key, 'hex')) FROM done WHERE watched) \
@@ -108,10 +119,7 @@ impl Statements {
                    AND lease_until > now()"
             ),
             // $1 key.
-            get: format!(
-                "SELECT state, token, fingerprint, lease_until > now() AS live, record \
-                 FROM {t} WHERE key = $1 AND expires_at > now()"
-            ),
+            get: format!("SELECT {ENTRY} FROM {t} WHERE key = $1 AND expires_at > now()"),
             // $1 key. Marks the key watched while it is in progress, so that its `complete` or
             // `release` notifies, and returns the lease left (µs); no row otherwise. The row lock
             // orders it with those statements: either they see the mark, or this finds the key
@@ -122,21 +130,39 @@ impl Statements {
                    AND expires_at > now() \
                  RETURNING (extract(epoch FROM lease_until - now()) * 1000000)::int8"
             ),
-            // $1 key, $2 token, $3 retention (µs). Runs inside the handler's transaction, whose
-            // `now()` is its start: `clock_timestamp()` is the time of this statement. The row
-            // lock it takes is held until the transaction ends, so no `begin` can take the key
-            // over between this statement and the commit.
+            // $1 key, $2 token, $3 key retention (µs), $4 response retention (µs). Runs inside
+            // the handler's transaction, whose `now()` is its start: `clock_timestamp()` is the
+            // time of this statement. The row lock it takes is held until the transaction ends,
+            // so no `begin` can take the key over between this statement and the commit. Should
+            // the owner never record its response, the key is remembered from here on: "not
+            // stored" until the response retention, "expired" until the key retention.
             commit_in: format!(
                 "UPDATE {t} SET state = 'committed', \
-                   expires_at = clock_timestamp() + $3 * interval '1 microsecond' \
+                   expires_at = at + $3 * interval '1 microsecond', \
+                   record_until = at + $4 * interval '1 microsecond' \
+                 FROM (SELECT clock_timestamp() AS at) AS stmt \
                  WHERE key = $1 AND token = $2 AND state = 'claimed'"
             ),
-            // $1 batch size, $2 grace (µs). Rows are locked with SKIP LOCKED, so sweeps of many
-            // instances take different rows and never wait for a request's row.
+            // $1 batch size, $2 grace (µs). Deletes rows that expired more than the grace ago,
+            // and frees the response of rows whose response retention ran out while the key is
+            // still remembered (the two sets are disjoint, so no row is changed twice). Rows are
+            // locked with SKIP LOCKED, so sweeps of many instances take different rows and never
+            // wait for a request's row. Returns the rows deleted and the responses freed.
             sweep: format!(
-                "DELETE FROM {t} WHERE key IN ( \
-                   SELECT key FROM {t} WHERE expires_at < now() - $2 * interval '1 microsecond' \
-                   ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                "WITH deleted AS ( \
+                   DELETE FROM {t} WHERE key IN ( \
+                     SELECT key FROM {t} WHERE expires_at < now() - $2 * interval '1 microsecond' \
+                     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                   RETURNING 1 \
+                 ), freed AS ( \
+                   UPDATE {t} SET record = NULL WHERE key IN ( \
+                     SELECT key FROM {t} WHERE record IS NOT NULL AND record_until < now() \
+                       AND expires_at > now() \
+                     ORDER BY record_until LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                   RETURNING 1 \
+                 ) \
+                 SELECT (SELECT count(*) FROM deleted) AS deleted, \
+                        (SELECT count(*) FROM freed) AS freed"
             ),
         }
     }
