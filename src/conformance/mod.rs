@@ -20,7 +20,7 @@
 //!
 //! The lease checks use short leases (a few hundred milliseconds) and real
 //! [`tokio::time::sleep`]s, because a backend's clock (Redis's) cannot be paused; the whole of
-//! [`run`] takes about 1.5 s. A store that reads [`tokio::time::Instant`] passes under
+//! [`run`] takes about 1.5 s. [`run_retention`] sleeps for the response retention it is given. A store that reads [`tokio::time::Instant`] passes under
 //! [`tokio::time::pause`](https://docs.rs/tokio/1/tokio/time/fn.pause.html) as well, and then
 //! takes no real time.
 //!
@@ -30,6 +30,12 @@
 //! [`run_stateless`] runs those that do: a new key is claimed, a re-sent `begin` by its owner
 //! is new again, the owner's `complete`/`release`/`renew` succeed, `get` of an unknown key is
 //! `None`, and `wait` returns by its timeout.
+//!
+//! # Admin calls
+//!
+//! [`run`] also checks [`Store::lookup`] and [`Store::evict`]. A store that keeps their defaults
+//! passes: the default `lookup` reports no expiry, and an `evict` that answers
+//! [`Unsupported`](crate::store::StoreErrorKind::Unsupported) must only leave the key as it was.
 
 use std::fmt;
 use std::time::Duration;
@@ -41,12 +47,14 @@ use crate::fingerprint::Fingerprint;
 use crate::record::{Record, StoredResponse};
 use crate::store::{Begin, Entry, OwnerToken, Store, StoreError, StoreErrorKind, StoreKey};
 
+mod admin;
 mod claims;
 mod leases;
 mod owners;
 mod records;
 mod waits;
 
+use self::admin::*;
 use self::claims::*;
 use self::leases::*;
 use self::owners::*;
@@ -77,6 +85,18 @@ pub async fn run<S: Store>(store: &S) {
     complete_after_the_lease_ran_out_lands(store).await;
     wait_returns_after_complete_or_release(store).await;
     wait_returns_by_the_timeout(store).await;
+    lookup_reads_each_state(store).await;
+    evict_removes_a_completed_key(store).await;
+    evict_refuses_a_claim_unless_forced(store).await;
+}
+
+/// Runs the checks of key retention against a store built to keep responses for `ttl` (keep it
+/// short: the check sleeps for it) and to remember keys longer than that: a retry after the
+/// response expired gets the fingerprint-only record, never a new claim; [`Store::lookup`] reads
+/// the key as [`ResponseExpired`](crate::store::KeyState::ResponseExpired), and
+/// [`Store::evict`] frees it.
+pub async fn run_retention<S: Store>(store: &S, ttl: Duration) {
+    evict_removes_a_remembered_key(store, ttl).await;
 }
 
 /// Runs the checks that apply to a store that keeps nothing, like

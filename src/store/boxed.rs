@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Begin, Entry, OwnerToken, Store, StoreError, StoreKey};
+use super::{
+    Begin, Entry, Evict, Evicted, KeyInfo, LookupOptions, OwnerToken, Store, StoreError, StoreKey,
+};
 use crate::fingerprint::Fingerprint;
 use crate::record::Record;
 
@@ -66,6 +68,22 @@ impl<T: Store + ?Sized> Store for Arc<T> {
     fn is_remote(&self) -> bool {
         (**self).is_remote()
     }
+
+    fn lookup(
+        &self,
+        key: &StoreKey,
+        options: LookupOptions,
+    ) -> impl Future<Output = Result<Option<KeyInfo>, StoreError>> + Send {
+        (**self).lookup(key, options)
+    }
+
+    fn evict(
+        &self,
+        key: &StoreKey,
+        how: Evict,
+    ) -> impl Future<Output = Result<Evicted, StoreError>> + Send {
+        (**self).evict(key, how)
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -103,6 +121,16 @@ trait DynStore: Send + Sync + 'static {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     fn is_remote(&self) -> bool;
+    fn lookup<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        options: LookupOptions,
+    ) -> BoxFuture<'a, Result<Option<KeyInfo>, StoreError>>;
+    fn evict<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        how: Evict,
+    ) -> BoxFuture<'a, Result<Evicted, StoreError>>;
 }
 
 impl<T: Store> DynStore for T {
@@ -150,6 +178,20 @@ impl<T: Store> DynStore for T {
     }
     fn is_remote(&self) -> bool {
         Store::is_remote(self)
+    }
+    fn lookup<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        options: LookupOptions,
+    ) -> BoxFuture<'a, Result<Option<KeyInfo>, StoreError>> {
+        Box::pin(Store::lookup(self, key, options))
+    }
+    fn evict<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        how: Evict,
+    ) -> BoxFuture<'a, Result<Evicted, StoreError>> {
+        Box::pin(Store::evict(self, key, how))
     }
 }
 
@@ -229,6 +271,18 @@ impl Store for BoxStore {
 
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
+    }
+
+    async fn lookup(
+        &self,
+        key: &StoreKey,
+        options: LookupOptions,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        self.inner.lookup(key, options).await
+    }
+
+    async fn evict(&self, key: &StoreKey, how: Evict) -> Result<Evicted, StoreError> {
+        self.inner.evict(key, how).await
     }
 }
 

@@ -18,7 +18,14 @@
 //! command that a driver re-sends after a lost reply is harmless.
 //!
 //! Stores expire entries by themselves: a claim at the end of its lease, a record at the end of
-//! the retention time. There is no delete operation.
+//! the retention time. The layer never deletes an entry.
+//!
+//! Two more operations are for operators, never called by the layer:
+//! [`lookup`](Store::lookup) reads a key's state, fingerprint and expiry ([`KeyInfo`]), and
+//! [`evict`](Store::evict) removes a completed key so that its next request runs again
+//! ([`Evict`]). Both have defaults, so a store written before them keeps compiling:
+//! `lookup` reads through `get` (without the expiry), `evict` answers
+//! [`StoreErrorKind::Unsupported`].
 //!
 //! # Writing a store
 //!
@@ -32,6 +39,7 @@ use std::time::Duration;
 use crate::fingerprint::Fingerprint;
 use crate::record::{DecodeError, Record};
 
+mod admin;
 mod boxed;
 mod memory;
 mod noop;
@@ -42,6 +50,7 @@ mod postgres;
 mod redis;
 mod store_key;
 
+pub use self::admin::{Evict, Evicted, KeyInfo, KeyState, LookupOptions};
 pub use self::boxed::BoxStore;
 pub use self::memory::{MemoryStore, MemoryStoreBuilder};
 pub use self::noop::NoOpStore;
@@ -181,6 +190,41 @@ pub trait Store: Send + Sync + 'static {
             Ok(())
         }
     }
+
+    /// Reads what an operator wants to know of `key`: its state, fingerprint and expiry, and the
+    /// stored record only when `options` ask for it. A missing or expired entry is `Ok(None)`.
+    ///
+    /// Not called by the layer. The default reads through [`get`](Store::get) and knows no
+    /// expiry; stores that can tell the expiry override it.
+    fn lookup(
+        &self,
+        key: &StoreKey,
+        options: LookupOptions,
+    ) -> impl Future<Output = Result<Option<KeyInfo>, StoreError>> + Send {
+        async move {
+            Ok(self
+                .get(key)
+                .await?
+                .map(|entry| KeyInfo::from_entry(entry, options)))
+        }
+    }
+
+    /// Removes `key`'s entry as `how` allows, in one atomic step, and says what it removed.
+    ///
+    /// With [`Evict::CompletedOnly`] a completed key (or a remembered key whose response
+    /// expired) is removed and an in-progress claim is left alone ([`Evicted::Refused`]); with
+    /// [`Evict::Force`] a claim is removed too, which wakes its waiters (read the warning on
+    /// [`Evict::Force`]). After an eviction, the next `begin` of the key gets [`Begin::New`].
+    ///
+    /// Not called by the layer. The default fails with [`StoreErrorKind::Unsupported`].
+    fn evict(
+        &self,
+        key: &StoreKey,
+        how: Evict,
+    ) -> impl Future<Output = Result<Evicted, StoreError>> + Send {
+        let _ = (key, how);
+        async { Err(StoreError::new(StoreErrorKind::Unsupported)) }
+    }
 }
 
 /// How long the default [`Store::wait`] sleeps between looks.
@@ -203,6 +247,8 @@ pub enum StoreErrorKind {
     Full,
     /// A stored value could not be decoded.
     Corrupt,
+    /// The store does not implement this operation (the default [`Store::evict`]).
+    Unsupported,
     /// Anything else the backend reported.
     Other,
 }
@@ -215,6 +261,7 @@ impl StoreErrorKind {
             Self::NotOwner => "key is not held by this owner",
             Self::Full => "store is full",
             Self::Corrupt => "stored record is corrupt",
+            Self::Unsupported => "operation not supported by this store",
             Self::Other => "store error",
         }
     }

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use super::{Begin, Entry, OwnerToken, Store, StoreError, StoreKey};
+use super::{Begin, Entry, Evict, Evicted, OwnerToken, Store, StoreError, StoreKey};
 use crate::fingerprint::Fingerprint;
 use crate::record::Record;
 
@@ -8,7 +8,8 @@ use crate::record::Record;
 ///
 /// With it the layer still parses and validates keys and fingerprints, but never replays and
 /// never answers `409`: every request runs. Use it to switch protection off without changing the
-/// stack's types, and in tests of the surrounding code.
+/// stack's types, and in tests of the surrounding code. [`lookup`](Store::lookup) finds
+/// nothing and [`evict`](Store::evict) removes nothing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoOpStore {
     _private: (),
@@ -60,5 +61,9 @@ impl Store for NoOpStore {
 
     async fn wait(&self, _key: &StoreKey, _timeout: Duration) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn evict(&self, _key: &StoreKey, _how: Evict) -> Result<Evicted, StoreError> {
+        Ok(Evicted::Nothing)
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! This file holds the store, its [`Store`] implementation and its clock; `builder` builds it and
 //! splits the bounds over the shards, `shard` is one shard's entries and operations, `eviction`
-//! what a shard drops and in which order, and `hasher` the keyed hash of key digests.
+//! what a shard drops and in which order, `hasher` the keyed hash of key digests, and `admin`
+//! the operator's `lookup` and `evict`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -14,10 +15,13 @@ use tokio::time::Instant;
 
 use self::hasher::{Digest, DigestState};
 use self::shard::{Limits, Shard, State};
-use super::{Begin, Entry, OwnerToken, Store, StoreError, StoreKey};
+use super::{
+    Begin, Entry, Evict, Evicted, KeyInfo, LookupOptions, OwnerToken, Store, StoreError, StoreKey,
+};
 use crate::fingerprint::Fingerprint;
 use crate::record::Record;
 
+mod admin;
 mod builder;
 mod eviction;
 mod hasher;
@@ -333,6 +337,18 @@ impl Store for MemoryStore {
             () = tokio::time::sleep_until(self.inner.instant(wake)) => {}
         }
         Ok(())
+    }
+
+    async fn lookup(
+        &self,
+        key: &StoreKey,
+        options: LookupOptions,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        self.lookup_key(key, options)
+    }
+
+    async fn evict(&self, key: &StoreKey, how: Evict) -> Result<Evicted, StoreError> {
+        Ok(self.evict_key(key, how))
     }
 }
 
