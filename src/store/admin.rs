@@ -75,6 +75,18 @@ pub struct KeyInfo {
 }
 
 impl KeyInfo {
+    /// A key in `state`, claimed or completed by a request with `fingerprint`; no expiry and no
+    /// record until they are added with [`with_expires_in`](Self::with_expires_in) and
+    /// [`with_record`](Self::with_record).
+    pub fn new(state: KeyState, fingerprint: Option<Fingerprint>) -> Self {
+        Self {
+            state,
+            fingerprint,
+            expires_in: None,
+            record: None,
+        }
+    }
+
     /// The information in `entry`, as [`Store::get`](super::Store::get) returns it; the record
     /// only when `options` ask for it. No expiry: add it with
     /// [`with_expires_in`](Self::with_expires_in) when the store knows it.
@@ -102,6 +114,12 @@ impl KeyInfo {
     /// Sets how long the current state lasts from now (see [`expires_in`](Self::expires_in)).
     pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
         self.expires_in = Some(expires_in);
+        self
+    }
+
+    /// Adds the stored record, for a lookup whose [`LookupOptions::with_response`] asked for it.
+    pub fn with_record(mut self, record: Record) -> Self {
+        self.record = Some(record);
         self
     }
 

@@ -2,8 +2,10 @@
 //!
 //! One file per concern: the store and its builder here, the value layout in `layout.rs`, the
 //! owner-checked Lua scripts in `scripts.rs`, waiting in `wait.rs`, `check_config` in
-//! `config.rs`, and the mapping of the driver's errors in `errors.rs`.
+//! `config.rs`, the mapping of the driver's errors in `errors.rs`, and the operator's `lookup`
+//! and `evict` in `admin.rs`.
 
+mod admin;
 mod config;
 mod errors;
 mod fenced;
@@ -28,8 +30,8 @@ use self::retention::read_tombstone;
 use self::scripts::RELEASE;
 pub use self::wait::RedisPushWaits;
 use super::{
-    Begin, DEFAULT_KEY_TTL, DEFAULT_POLL_INTERVAL, Entry, Fingerprint, OwnerToken, Record, Store,
-    StoreError, StoreKey,
+    Begin, DEFAULT_KEY_TTL, DEFAULT_POLL_INTERVAL, Entry, Evict, Evicted, Fingerprint, KeyInfo,
+    LookupOptions, OwnerToken, Record, Store, StoreError, StoreKey,
 };
 
 /// A [`Store`] in Redis or Redis Cluster, generic over the connection type: claims and records
@@ -533,6 +535,21 @@ where
     /// with [`RedisPushWaits`], polling with `GET` otherwise.
     async fn wait(&self, key: &StoreKey, timeout: Duration) -> Result<(), StoreError> {
         self.wait_for(key, timeout).await
+    }
+
+    /// One script: the record's head (or all of it, when asked for) and its `PTTL`, else the
+    /// tombstone's.
+    async fn lookup(
+        &self,
+        key: &StoreKey,
+        options: LookupOptions,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        self.lookup_key(key, options).await
+    }
+
+    /// One script: deletes the record and its tombstone; a claim only when forced.
+    async fn evict(&self, key: &StoreKey, how: Evict) -> Result<Evicted, StoreError> {
+        self.evict_key(key, how).await
     }
 }
 
