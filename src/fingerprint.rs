@@ -28,6 +28,11 @@ impl Fingerprint {
         &self.0
     }
 
+    /// The bytes in lowercase hex (64 characters), as logs and admin pages show them.
+    pub fn to_hex(&self) -> String {
+        crate::hex::hex(&self.0)
+    }
+
     /// SHA-256 of `data`: a building block for custom fingerprint functions.
     pub fn sha256(data: impl AsRef<[u8]>) -> Self {
         Self(Sha256::digest(data.as_ref()).into())

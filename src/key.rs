@@ -93,7 +93,12 @@ pub fn parse_key(
     if values.next().is_some() {
         return Err(KeyError::Repeated);
     }
-    let raw = trim_ows(value.as_bytes());
+    parse_value(value.as_bytes(), max_len).map(Some)
+}
+
+/// One key header's value: the unescaped key of at most `max_len` characters.
+pub(crate) fn parse_value(value: &[u8], max_len: usize) -> Result<String, KeyError> {
+    let raw = trim_ows(value);
     let key = if raw.first() == Some(&b'"') {
         parse_sf_string(raw)?
     } else {
@@ -112,7 +117,7 @@ pub fn parse_key(
     if key.len() > max_len {
         return Err(KeyError::TooLong { max: max_len });
     }
-    Ok(Some(key))
+    Ok(key)
 }
 
 fn trim_ows(mut b: &[u8]) -> &[u8] {

@@ -3,16 +3,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, Method, Response, StatusCode, request};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode, request};
 use tokio_util::task::TaskTracker;
 use tower_layer::Layer;
 
 use crate::config::{Config, Fingerprinting};
 use crate::fingerprint::Fingerprint;
 use crate::flow::coalesce::Inflight;
+use crate::key::KeyError;
 use crate::policy::RecordPolicy;
 use crate::problem::Problem;
 use crate::service::Idempotency;
+use crate::store::StoreKey;
 
 /// Applies [`Idempotency`] to a service: every `POST`/`PATCH` with an `Idempotency-Key` runs at
 /// most once, and retries get the first answer back.
@@ -325,6 +327,33 @@ impl<St> IdempotencyLayer<St> {
     /// The store.
     pub fn store(&self) -> &St {
         &self.store
+    }
+
+    /// The [`StoreKey`] this layer files a request under, for an operator's
+    /// [`Store::lookup`](crate::store::Store::lookup) and
+    /// [`Store::evict`](crate::store::Store::evict): `scope` as the layer's
+    /// [`scope`](Self::scope) function gave it for the request (`None` without one), and
+    /// `header` the key header's value as the client sent it, parsed as the layer parses it (an
+    /// sf-string and the bare token that spell the same key give the same store key).
+    ///
+    /// ```
+    /// use http::HeaderValue;
+    /// use tower_idempotency::{IdempotencyLayer, store::MemoryStore};
+    ///
+    /// let layer = IdempotencyLayer::new(MemoryStore::new());
+    /// let bare = layer.store_key(Some("user-1"), &HeaderValue::from_static("order-42"))?;
+    /// let quoted = layer.store_key(Some("user-1"), &HeaderValue::from_static("\"order-42\""))?;
+    /// assert_eq!(bare, quoted);
+    /// assert_ne!(bare, layer.store_key(Some("user-2"), &HeaderValue::from_static("order-42"))?);
+    /// # Ok::<(), tower_idempotency::key::KeyError>(())
+    /// ```
+    pub fn store_key(
+        &self,
+        scope: Option<&str>,
+        header: &HeaderValue,
+    ) -> Result<StoreKey, KeyError> {
+        let key = crate::key::parse_value(header.as_bytes(), self.config.max_key_len)?;
+        Ok(StoreKey::from_owned(scope, key))
     }
 }
 

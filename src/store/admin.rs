@@ -162,10 +162,13 @@ pub enum Evict {
     /// Whatever is there, an in-progress claim included.
     ///
     /// **Dangerous.** The claim's owner may still be running: a retry that comes now runs the
-    /// request a second time, concurrently with the first, and the first one's record still
-    /// lands when it finishes (a `complete` on a free key succeeds, so that short outages do
-    /// not re-run requests). Use it only for a claim whose owner is known to be gone and whose
-    /// lease is too long to wait out; [`KeyState::InProgress`] names the owner.
+    /// request a second time, concurrently with the first. When the first one finishes, its
+    /// record lands if nobody claimed the key since (`MemoryStore` and `RedisStore` accept a
+    /// `complete` on a free key, so that short outages do not re-run requests) and is refused
+    /// otherwise; `PostgresStore` refuses it always (its `complete` needs the owner's row), and
+    /// a forced `committed` row there has its effects committed already. Use it only for a
+    /// claim whose owner is known to be gone and whose lease is too long to wait out;
+    /// [`KeyState::InProgress`] names the owner.
     Force,
 }
 
