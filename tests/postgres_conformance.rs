@@ -1,19 +1,20 @@
 //! `PostgresStore` against the store-conformance suite, and what the suite cannot show of it:
 //! one winner among many concurrent claimers on many connections at READ COMMITTED, waiting by
-//! `LISTEN/NOTIFY` (and by the lease when nobody notifies), and expiry by bounded sweeps.
+//! `LISTEN/NOTIFY` (and by the lease when nobody notifies), and expiry by bounded sweeps. The
+//! retention checks run on a store that remembers keys past their responses.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::postgres::{pool, store_in};
+use common::postgres::{pool, store_in, store_with};
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 use tower_idempotency::conformance;
 use tower_idempotency::fingerprint::Fingerprint;
 use tower_idempotency::record::Record;
-use tower_idempotency::store::{Begin, OwnerToken, PostgresStore, Store, StoreKey};
+use tower_idempotency::store::{Begin, Evict, Evicted, OwnerToken, PostgresStore, Store, StoreKey};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -25,6 +26,18 @@ fn key() -> StoreKey {
 async fn conforms() {
     let store = store_in(pool(16).await, "conf", Duration::from_secs(60)).await;
     conformance::run(&store).await;
+}
+
+/// A store that keeps responses for 300 ms and keys for a minute passes the retention checks:
+/// a key whose response expired reads as such and can be evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_with_keys_remembered_past_their_responses() {
+    let ttl = Duration::from_millis(300);
+    let store = store_with(pool(4).await, "confret", |b| {
+        b.ttl(ttl).key_ttl(Duration::from_secs(60))
+    })
+    .await;
+    conformance::run_retention(&store, ttl).await;
 }
 
 /// 48 claimers on 48 connections, released together by a barrier, claim one key per round:
@@ -107,9 +120,9 @@ fn store_in_same_table(store: &PostgresStore, ttl: Duration) -> PostgresStore {
         .unwrap()
 }
 
-/// A waiter is woken by the owner's `complete` and `release` through `NOTIFY` (its poll
-/// interval is far longer than the test), and by the end of the owner's lease when the owner
-/// dies and nobody notifies.
+/// A waiter is woken by the owner's `complete` and `release` and by an operator's forced
+/// `evict` through `NOTIFY` (its poll interval is far longer than the test), and by the end of
+/// the owner's lease when the owner dies and nobody notifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_wake_on_notify_and_on_the_end_of_the_lease() {
     let pool = pool(8).await;
@@ -130,7 +143,7 @@ async fn waiters_wake_on_notify_and_on_the_end_of_the_lease() {
             break;
         }
     }
-    for ends in ["complete", "release", "lease"] {
+    for ends in ["complete", "release", "evict", "lease"] {
         let (key, owner) = (key(), OwnerToken::generate());
         let lease = if ends == "lease" {
             Duration::from_millis(400)
@@ -156,6 +169,10 @@ async fn waiters_wake_on_notify_and_on_the_end_of_the_lease() {
                 .await
                 .unwrap(),
             "release" => store.release(&key, owner).await.unwrap(),
+            "evict" => assert_eq!(
+                store.evict(&key, Evict::Force).await.unwrap(),
+                Evicted::Claim { owner }
+            ),
             _ => {}
         }
         let waited = waiter.await.unwrap();
