@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use tower_idempotency::conformance;
 use tower_idempotency::fingerprint::Fingerprint;
 use tower_idempotency::record::Record;
-use tower_idempotency::store::{Begin, Evict, Evicted, OwnerToken, PostgresStore, Store, StoreKey};
+use tower_idempotency::store::{
+    Begin, Entry, Evict, Evicted, OwnerToken, PostgresStore, Store, StoreErrorKind, StoreKey,
+};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -107,6 +109,75 @@ async fn many_claimers_on_many_connections_have_one_winner() {
             }
         }
     }
+}
+
+/// An operator's `evict` racing the owner's `complete` of a claim, 100 rounds of each kind, on
+/// two connections: each answer matches what happened to the row. Forced, the evict removed
+/// either the claim (and the `complete` then finds no claim: `NotOwner`) or the record that
+/// landed first; not forced, it either refused the claim (and the record stays) or removed
+/// the record that landed first. Returns no other answer, and never leaves a removed key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evict_racing_complete_answers_what_it_did() {
+    let store = store_in(pool(4).await, "evictrace", Duration::from_secs(60)).await;
+    let mut seen = std::collections::BTreeMap::<(&str, &str), usize>::new();
+    for round in 0..200 {
+        let how = if round % 2 == 0 {
+            Evict::Force
+        } else {
+            Evict::CompletedOnly
+        };
+        let (key, owner) = (key(), OwnerToken::generate());
+        assert_eq!(
+            store.begin(&key, None, owner, LEASE).await.unwrap(),
+            Begin::New
+        );
+        let barrier = Arc::new(Barrier::new(2));
+        let completing = {
+            let (store, key, barrier) = (store.clone(), key.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.complete(&key, owner, &Record::not_stored(None)).await
+            })
+        };
+        let evicting = {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.evict(&key, how).await.unwrap()
+            })
+        };
+        let (completed, evicted) = (completing.await.unwrap(), evicting.await.unwrap());
+        let left = store.get(&key).await.unwrap();
+        let what = format!("round {round}, {how:?}: {evicted:?}, {completed:?}, left {left:?}");
+        match evicted {
+            Evicted::Claim { owner: o } => {
+                assert!(how == Evict::Force && o == owner, "{what}");
+                assert_eq!(
+                    completed.map_err(|e| e.kind()),
+                    Err(StoreErrorKind::NotOwner),
+                    "{what}"
+                );
+                assert_eq!(left, None, "{what}");
+            }
+            Evicted::Record => {
+                assert!(completed.is_ok(), "{what}");
+                assert_eq!(left, None, "{what}");
+            }
+            Evicted::Refused { owner: o } => {
+                assert!(how == Evict::CompletedOnly && o == owner, "{what}");
+                assert!(completed.is_ok(), "{what}");
+                assert!(matches!(left, Some(Entry::Completed(_))), "{what}");
+            }
+            other => panic!("{what}: unexpected {other:?}"),
+        }
+        let how = if how == Evict::Force {
+            "force"
+        } else {
+            "completed_only"
+        };
+        *seen.entry((how, evicted.as_str())).or_default() += 1;
+    }
+    println!("evict racing complete: {seen:?}");
 }
 
 /// A store on the same table as `store` that keeps records for `ttl` and then forgets their
