@@ -510,3 +510,33 @@ async fn a_committed_key_is_in_progress_and_evicted_only_by_force() {
     );
     assert_eq!(state_of(&app, &key).await, None);
 }
+
+/// An operator force-evicts a claim while its handler sits between its insert and its
+/// `commit_in`: the handler's `commit_in` finds no claim of its own and fails, its transaction
+/// rolls back, and the retry pays once. Forcing a claim (unlike a `committed` key) never
+/// doubles the database effects of an exactly-once handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_claim_cannot_commit_its_effects() {
+    let app = app("forceclaim").await;
+    let router = router(&app, IdempotencyLayer::new(app.store.clone()));
+    let key = format!("forceclaim-{}", OwnerToken::generate());
+    let store_key = StoreKey::new(None, &key);
+    let first = tokio::spawn({
+        let (router, key) = (router.clone(), key.clone());
+        async move { send(&router, held(&key, "ok", "1")).await }
+    });
+    app.gate.arrived().await;
+    assert_eq!(state_of(&app, &key).await.as_deref(), Some("claimed"));
+    let owner = owner_of(&app, &key).await;
+    assert_eq!(
+        app.store.evict(&store_key, Evict::Force).await.unwrap(),
+        Evicted::Claim { owner }
+    );
+    app.gate.open();
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE, "{first:?}");
+    assert_eq!(payments_of(&app, &key).await, Vec::<i32>::new());
+    let retry = send(&router, payment(&key, "ok", false)).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    assert_eq!(payments_of(&app, &key).await, vec![2]);
+}
