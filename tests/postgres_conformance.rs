@@ -1,19 +1,22 @@
 //! `PostgresStore` against the store-conformance suite, and what the suite cannot show of it:
 //! one winner among many concurrent claimers on many connections at READ COMMITTED, waiting by
-//! `LISTEN/NOTIFY` (and by the lease when nobody notifies), and expiry by bounded sweeps.
+//! `LISTEN/NOTIFY` (and by the lease when nobody notifies), and expiry by bounded sweeps. The
+//! retention checks run on a store that remembers keys past their responses.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::postgres::{pool, store_in};
+use common::postgres::{pool, store_in, store_with};
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 use tower_idempotency::conformance;
 use tower_idempotency::fingerprint::Fingerprint;
 use tower_idempotency::record::Record;
-use tower_idempotency::store::{Begin, OwnerToken, PostgresStore, Store, StoreKey};
+use tower_idempotency::store::{
+    Begin, Entry, Evict, Evicted, OwnerToken, PostgresStore, Store, StoreErrorKind, StoreKey,
+};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -25,6 +28,18 @@ fn key() -> StoreKey {
 async fn conforms() {
     let store = store_in(pool(16).await, "conf", Duration::from_secs(60)).await;
     conformance::run(&store).await;
+}
+
+/// A store that keeps responses for 300 ms and keys for a minute passes the retention checks:
+/// a key whose response expired reads as such and can be evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_with_keys_remembered_past_their_responses() {
+    let ttl = Duration::from_millis(300);
+    let store = store_with(pool(4).await, "confret", |b| {
+        b.ttl(ttl).key_ttl(Duration::from_secs(60))
+    })
+    .await;
+    conformance::run_retention(&store, ttl).await;
 }
 
 /// 48 claimers on 48 connections, released together by a barrier, claim one key per round:
@@ -96,6 +111,75 @@ async fn many_claimers_on_many_connections_have_one_winner() {
     }
 }
 
+/// An operator's `evict` racing the owner's `complete` of a claim, 100 rounds of each kind, on
+/// two connections: each answer matches what happened to the row. Forced, the evict removed
+/// either the claim (and the `complete` then finds no claim: `NotOwner`) or the record that
+/// landed first; not forced, it either refused the claim (and the record stays) or removed
+/// the record that landed first. Returns no other answer, and never leaves a removed key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evict_racing_complete_answers_what_it_did() {
+    let store = store_in(pool(4).await, "evictrace", Duration::from_secs(60)).await;
+    let mut seen = std::collections::BTreeMap::<(&str, &str), usize>::new();
+    for round in 0..200 {
+        let how = if round % 2 == 0 {
+            Evict::Force
+        } else {
+            Evict::CompletedOnly
+        };
+        let (key, owner) = (key(), OwnerToken::generate());
+        assert_eq!(
+            store.begin(&key, None, owner, LEASE).await.unwrap(),
+            Begin::New
+        );
+        let barrier = Arc::new(Barrier::new(2));
+        let completing = {
+            let (store, key, barrier) = (store.clone(), key.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.complete(&key, owner, &Record::not_stored(None)).await
+            })
+        };
+        let evicting = {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.evict(&key, how).await.unwrap()
+            })
+        };
+        let (completed, evicted) = (completing.await.unwrap(), evicting.await.unwrap());
+        let left = store.get(&key).await.unwrap();
+        let what = format!("round {round}, {how:?}: {evicted:?}, {completed:?}, left {left:?}");
+        match evicted {
+            Evicted::Claim { owner: o } => {
+                assert!(how == Evict::Force && o == owner, "{what}");
+                assert_eq!(
+                    completed.map_err(|e| e.kind()),
+                    Err(StoreErrorKind::NotOwner),
+                    "{what}"
+                );
+                assert_eq!(left, None, "{what}");
+            }
+            Evicted::Record => {
+                assert!(completed.is_ok(), "{what}");
+                assert_eq!(left, None, "{what}");
+            }
+            Evicted::Refused { owner: o } => {
+                assert!(how == Evict::CompletedOnly && o == owner, "{what}");
+                assert!(completed.is_ok(), "{what}");
+                assert!(matches!(left, Some(Entry::Completed(_))), "{what}");
+            }
+            other => panic!("{what}: unexpected {other:?}"),
+        }
+        let how = if how == Evict::Force {
+            "force"
+        } else {
+            "completed_only"
+        };
+        *seen.entry((how, evicted.as_str())).or_default() += 1;
+    }
+    println!("evict racing complete: {seen:?}");
+}
+
 /// A store on the same table as `store` that keeps records for `ttl` and then forgets their
 /// keys.
 fn store_in_same_table(store: &PostgresStore, ttl: Duration) -> PostgresStore {
@@ -107,9 +191,9 @@ fn store_in_same_table(store: &PostgresStore, ttl: Duration) -> PostgresStore {
         .unwrap()
 }
 
-/// A waiter is woken by the owner's `complete` and `release` through `NOTIFY` (its poll
-/// interval is far longer than the test), and by the end of the owner's lease when the owner
-/// dies and nobody notifies.
+/// A waiter is woken by the owner's `complete` and `release` and by an operator's forced
+/// `evict` through `NOTIFY` (its poll interval is far longer than the test), and by the end of
+/// the owner's lease when the owner dies and nobody notifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_wake_on_notify_and_on_the_end_of_the_lease() {
     let pool = pool(8).await;
@@ -130,7 +214,7 @@ async fn waiters_wake_on_notify_and_on_the_end_of_the_lease() {
             break;
         }
     }
-    for ends in ["complete", "release", "lease"] {
+    for ends in ["complete", "release", "evict", "lease"] {
         let (key, owner) = (key(), OwnerToken::generate());
         let lease = if ends == "lease" {
             Duration::from_millis(400)
@@ -156,6 +240,10 @@ async fn waiters_wake_on_notify_and_on_the_end_of_the_lease() {
                 .await
                 .unwrap(),
             "release" => store.release(&key, owner).await.unwrap(),
+            "evict" => assert_eq!(
+                store.evict(&key, Evict::Force).await.unwrap(),
+                Evicted::Claim { owner }
+            ),
             _ => {}
         }
         let waited = waiter.await.unwrap();

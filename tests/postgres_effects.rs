@@ -4,7 +4,8 @@
 //! The handler counts its runs (its own side channel) and the payments table is read back: the
 //! writes are committed if and only if the key is marked done; a handler whose lease was taken
 //! over cannot commit; an error, a `5xx` or a panic leaves no effects and a free key;
-//! duplicates get `409` (or wait) and then the replay, never a second run.
+//! duplicates get `409` (or wait) and then the replay, never a second run. An operator sees a
+//! key whose effects committed as in progress, and can evict it only by force.
 
 mod common;
 
@@ -24,8 +25,8 @@ use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_idempotency::record::Record;
 use tower_idempotency::store::{
-    Begin, Entry, OwnerToken, PostgresStore, PostgresStoreBuilder, Store, StoreError,
-    StoreErrorKind, StoreKey,
+    Begin, Entry, Evict, Evicted, KeyState, LookupOptions, OwnerToken, PostgresStore,
+    PostgresStoreBuilder, Store, StoreError, StoreErrorKind, StoreKey,
 };
 use tower_idempotency::{IdempotencyClaim, IdempotencyLayer, Outcome};
 
@@ -420,4 +421,122 @@ async fn committed_effects_are_remembered_for_the_key_retention() {
     let again = send(&healthy, payment(&key, "ok", false)).await;
     assert_eq!(again.status, StatusCode::CREATED, "{again:?}");
     assert_eq!(payments_of(&app, &key).await, vec![1, 2]);
+}
+
+/// The owner token in `key`'s row.
+async fn owner_of(app: &App, key: &str) -> OwnerToken {
+    let digest = StoreKey::new(None, key).digest().to_vec();
+    let token: Vec<u8> = sqlx::query_scalar(&format!(
+        "SELECT token FROM \"{}\" WHERE key = $1",
+        app.store.table()
+    ))
+    .bind(digest)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    OwnerToken::from_bytes(token.try_into().expect("a 16-byte token"))
+}
+
+/// A key whose effects committed and whose owner died before recording the response: while the
+/// owner's lease lasts, `lookup` reads it as in progress (with the owner, expiring with the
+/// lease) and `evict` refuses it unless forced; forced, it is gone, and the retry runs the
+/// payment a second time, as the docs warn. Once the lease ended, the key reads as completed
+/// ("response not stored") and is evicted without force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_key_is_in_progress_and_evicted_only_by_force() {
+    let app = app("evict").await;
+    let lease = Duration::from_secs(30);
+    let dying = |lease| {
+        let store = Faulty(app.store.clone(), Fault::DiesBeforeRecording);
+        router(&app, IdempotencyLayer::new(store).lease(lease))
+    };
+    let healthy = router(&app, IdempotencyLayer::new(app.store.clone()));
+    let key = format!("evict-{}", OwnerToken::generate());
+    let store_key = StoreKey::new(None, &key);
+    let first = send(&dying(lease), payment(&key, "ok", false)).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(state_of(&app, &key).await.as_deref(), Some("committed"));
+    let owner = owner_of(&app, &key).await;
+
+    let info = app.store.lookup(&store_key, LookupOptions::new()).await;
+    let info = info.unwrap().expect("a live key");
+    assert_eq!(info.state(), KeyState::InProgress { owner });
+    let left = info.expires_in().expect("the lease left");
+    assert!(
+        left <= lease && left > lease - Duration::from_secs(5),
+        "{left:?}"
+    );
+    assert_eq!(
+        app.store
+            .evict(&store_key, Evict::CompletedOnly)
+            .await
+            .unwrap(),
+        Evicted::Refused { owner }
+    );
+    assert_eq!(state_of(&app, &key).await.as_deref(), Some("committed"));
+    let early = send(&healthy, payment(&key, "ok", false)).await;
+    assert_problem(&early, 409, "in-progress");
+
+    assert_eq!(
+        app.store.evict(&store_key, Evict::Force).await.unwrap(),
+        Evicted::Claim { owner }
+    );
+    assert_eq!(state_of(&app, &key).await, None);
+    let again = send(&healthy, payment(&key, "ok", false)).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{again:?}");
+    assert_eq!(payments_of(&app, &key).await, vec![1, 2], "paid twice");
+
+    let key = format!("evict-late-{}", OwnerToken::generate());
+    let store_key = StoreKey::new(None, &key);
+    let first = send(
+        &dying(Duration::from_millis(300)),
+        payment(&key, "ok", false),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    sleep_past(&app.store, &store_key, "lease_until").await;
+    let info = app.store.lookup(&store_key, LookupOptions::new()).await;
+    assert_eq!(
+        info.unwrap().map(|i| i.state()),
+        Some(KeyState::Completed),
+        "response not stored"
+    );
+    assert_eq!(
+        app.store
+            .evict(&store_key, Evict::CompletedOnly)
+            .await
+            .unwrap(),
+        Evicted::Record
+    );
+    assert_eq!(state_of(&app, &key).await, None);
+}
+
+/// An operator force-evicts a claim while its handler sits between its insert and its
+/// `commit_in`: the handler's `commit_in` finds no claim of its own and fails, its transaction
+/// rolls back, and the retry pays once. Forcing a claim (unlike a `committed` key) never
+/// doubles the database effects of an exactly-once handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_claim_cannot_commit_its_effects() {
+    let app = app("forceclaim").await;
+    let router = router(&app, IdempotencyLayer::new(app.store.clone()));
+    let key = format!("forceclaim-{}", OwnerToken::generate());
+    let store_key = StoreKey::new(None, &key);
+    let first = tokio::spawn({
+        let (router, key) = (router.clone(), key.clone());
+        async move { send(&router, held(&key, "ok", "1")).await }
+    });
+    app.gate.arrived().await;
+    assert_eq!(state_of(&app, &key).await.as_deref(), Some("claimed"));
+    let owner = owner_of(&app, &key).await;
+    assert_eq!(
+        app.store.evict(&store_key, Evict::Force).await.unwrap(),
+        Evicted::Claim { owner }
+    );
+    app.gate.open();
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE, "{first:?}");
+    assert_eq!(payments_of(&app, &key).await, Vec::<i32>::new());
+    let retry = send(&router, payment(&key, "ok", false)).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    assert_eq!(payments_of(&app, &key).await, vec![2]);
 }

@@ -2,6 +2,7 @@
 //! over a tower service whose handler counts its executions, a retry after the response's
 //! retention gets `409 result-expired` and never runs again, until the key's own retention ends;
 //! the sweep frees the response of such rows and later deletes them (checked with SQL).
+//! `lookup` tells each of these states and how long it has left.
 
 mod common;
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 use common::postgres::{pool, sleep_past, store_with};
 use common::{Counter, app, assert_problem, assert_result_expired, post, send};
 use http::StatusCode;
-use tower_idempotency::store::{PostgresStore, StoreKey};
+use tower_idempotency::store::{
+    Begin, KeyState, LookupOptions, OwnerToken, PostgresStore, Store, StoreErrorKind, StoreKey,
+};
 use tower_idempotency::{IdempotencyLayer, Outcome};
 
 const TTL: Duration = Duration::from_millis(300);
@@ -158,4 +161,116 @@ async fn the_sweep_frees_expired_responses_then_deletes_their_rows() {
     let again = send(&mut svc, post("a", "{\"amount\":1}")).await;
     assert_eq!(again.status, StatusCode::CREATED);
     assert_eq!(counter.get(), 4);
+}
+
+/// How long the database's clock gives `column` (`lease_until`, `record_until`, `expires_at`)
+/// of `key`'s row from now.
+async fn left_of(store: &PostgresStore, key: &StoreKey, column: &str) -> Duration {
+    let left: f64 = sqlx::query_scalar(&format!(
+        "SELECT extract(epoch FROM {column} - now())::float8 FROM \"{}\" WHERE key = $1",
+        store.table()
+    ))
+    .bind(&key.digest()[..])
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    Duration::from_secs_f64(left.max(0.0))
+}
+
+/// Asserts that `lookup` of `key` (read before this call) expires with `column` of its row,
+/// read now: no earlier, and at most 250 ms later (the time between the two reads).
+async fn assert_expires_with(
+    store: &PostgresStore,
+    key: &StoreKey,
+    expires_in: Option<Duration>,
+    column: &str,
+) -> Duration {
+    let left = expires_in.unwrap_or_else(|| panic!("no expiry where {column} was expected"));
+    let now_left = left_of(store, key, column).await;
+    assert!(
+        left >= now_left && left - now_left < Duration::from_millis(250),
+        "lookup says {left:?} left, {column} is {now_left:?} away"
+    );
+    left
+}
+
+/// `lookup` reads each state of a key with the time left by the database's clock: the lease of
+/// a claim, the response retention (`ttl`) of a completed key, the key retention (`key_ttl`)
+/// once the response expired. The response is selected only when asked for: a row whose
+/// stored response is not a valid record (written here in SQL) reads fine without it, and
+/// fails as corrupt with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_reports_each_state_and_its_time_left() {
+    let store = store("lookup", TTL, KEY_TTL, 1000).await;
+    let (claimed, owner, lease) = (
+        store_key("claimed"),
+        OwnerToken::generate(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        store.begin(&claimed, None, owner, lease).await.unwrap(),
+        Begin::New
+    );
+    let info = store
+        .lookup(&claimed, LookupOptions::new())
+        .await
+        .unwrap()
+        .expect("a live claim");
+    assert_eq!(info.state(), KeyState::InProgress { owner });
+    let left = assert_expires_with(&store, &claimed, info.expires_in(), "lease_until").await;
+    assert!(
+        left <= lease && left > lease - Duration::from_secs(5),
+        "{left:?}"
+    );
+
+    let counter = Counter::new();
+    let mut svc = app(IdempotencyLayer::new(store.clone()), &counter);
+    let first = send(&mut svc, post("k", "{\"amount\":1}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let key = store_key("k");
+    let info = store
+        .lookup(&key, LookupOptions::new())
+        .await
+        .unwrap()
+        .expect("a completed key");
+    assert_eq!(info.state(), KeyState::Completed);
+    assert!(info.fingerprint().is_some());
+    assert_eq!(info.record(), None);
+    let left = assert_expires_with(&store, &key, info.expires_in(), "record_until").await;
+    assert!(left <= TTL, "{left:?}");
+    let with = LookupOptions::new().with_response(true);
+    let info = store.lookup(&key, with).await.unwrap().expect("completed");
+    let stored = info.record().expect("asked for").response().unwrap();
+    assert_eq!(stored.expect("a stored response").body, first.body);
+
+    sleep_past(&store, &key, "record_until").await;
+    let info = store.lookup(&key, with).await.unwrap().expect("remembered");
+    assert_eq!(info.state(), KeyState::ResponseExpired);
+    assert!(
+        info.record()
+            .expect("the small record")
+            .is_response_expired()
+    );
+    let left = assert_expires_with(&store, &key, info.expires_in(), "expires_at").await;
+    assert!(
+        left <= KEY_TTL - TTL && left > KEY_TTL - TTL * 4,
+        "{left:?}"
+    );
+
+    let second = send(&mut svc, post("j", "{\"amount\":2}")).await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    let key = store_key("j");
+    sqlx::query(&format!(
+        "UPDATE \"{}\" SET record = '\\xdeadbeef' WHERE key = $1",
+        store.table()
+    ))
+    .bind(&key.digest()[..])
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let info = store.lookup(&key, LookupOptions::new()).await;
+    assert_eq!(info.unwrap().map(|i| i.state()), Some(KeyState::Completed));
+    let corrupt = store.lookup(&key, with).await.unwrap_err();
+    assert_eq!(corrupt.kind(), StoreErrorKind::Corrupt, "{corrupt:?}");
+    store.release(&claimed, owner).await.unwrap();
 }

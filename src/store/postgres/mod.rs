@@ -11,10 +11,11 @@ use sqlx::{PgConnection, Row};
 use tokio::time::Instant;
 
 use super::{
-    Begin, DEFAULT_POLL_INTERVAL, Entry, Fingerprint, OwnerToken, Record, Store, StoreError,
-    StoreErrorKind, StoreKey,
+    Begin, DEFAULT_POLL_INTERVAL, Entry, Evict, Evicted, Fingerprint, KeyInfo, LookupOptions,
+    OwnerToken, Record, Store, StoreError, StoreErrorKind, StoreKey,
 };
 
+mod admin;
 mod effects;
 mod schema;
 mod statements;
@@ -142,6 +143,8 @@ const DEFAULT_KEY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// | `renew` | `UPDATE … SET lease_until …` (owner checked) |
 /// | `get` | `SELECT … WHERE key = $1 AND expires_at > now()` |
 /// | `commit_in` | `UPDATE … SET state = 'committed', record_until = <ttl>, expires_at = <key_ttl> from now WHERE token = $2 AND state = 'claimed'`, in the handler's transaction |
+/// | `lookup` | `SELECT … WHERE key = $1 AND expires_at > now()`, with the time left; the response only when asked |
+/// | `evict` | `SELECT … FOR UPDATE` of the live row, `DELETE` unless it is in progress and not forced, `pg_notify` when a duplicate waits |
 ///
 /// **Concurrent `begin`s at READ COMMITTED.** `ON CONFLICT DO UPDATE` locks the conflicting row
 /// and judges its latest committed version, so exactly one of many concurrent claimers wins,
@@ -220,6 +223,36 @@ const DEFAULT_KEY_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// listener is not connected (at start, after a broken connection) waiters look again every
 /// [poll interval](PostgresStoreBuilder::poll_interval); whenever it reconnects it wakes every
 /// waiter, since notifications sent meanwhile were lost.
+///
+/// # Operators: lookup and evict
+///
+/// [`Store::lookup`] reads a key in one `SELECT`, without writing or locking: its state, its
+/// fingerprint and [`expires_in`](crate::store::KeyInfo::expires_in) counted by the database's
+/// clock. A `claimed` row, and a `committed` row while its owner's lease lasts, are
+/// [`KeyState::InProgress`](crate::store::KeyState::InProgress) with the owner, expiring with
+/// the lease; a completed key (a `committed` row whose owner's lease ended reads as "response
+/// not stored") expires at `record_until`; past it the key is
+/// [`KeyState::ResponseExpired`](crate::store::KeyState::ResponseExpired) until `expires_at`.
+/// The response is selected only with
+/// [`LookupOptions::with_response`](crate::store::LookupOptions::with_response): otherwise it
+/// is not read from the table, nor sent.
+///
+/// [`Store::evict`] is one `DELETE … RETURNING` statement. It locks the live row first, so it
+/// judges the row's latest version, and it waits for a handler's transaction that holds the
+/// row (from its `commit_in` to its commit). A completed key (with its response, without, or
+/// past `record_until`) is always removed. A row in progress is removed only with
+/// [`Evict::Force`]; otherwise the answer is [`Evicted::Refused`] with its owner. Removing a
+/// row that a duplicate waits for notifies it, as `release` does.
+///
+/// Forcing a `claimed` row is as dangerous as on any store, with one difference for
+/// exactly-once handlers: the evicted owner's [`commit_in`](crate::IdempotencyClaim::commit_in)
+/// finds no claim of its own and fails, so its transaction rolls back and its database effects
+/// never land; a retry's do. **Forcing a `committed` row is worse**: its effects are already
+/// committed, and only its response is not recorded yet. The next request with the key runs
+/// the handler again and commits the effects a second time (a second payment); the first
+/// owner's `complete` then fails (its row is gone). Force a `committed` row only when a second
+/// execution is what you want. Evicting a completed key of an exactly-once handler also lets
+/// its effects run again: that is what eviction is for.
 ///
 /// # Timeouts and ambiguous errors
 ///
@@ -697,6 +730,29 @@ impl Store for PostgresStore {
         }
         Ok(())
     }
+
+    /// One `SELECT` of the live row; `expires_in` is counted by the database's clock: the
+    /// lease left while the key is in progress (a `committed` row too, until its owner's lease
+    /// ends), the response retention left for a completed key, the key retention left once
+    /// the response expired. The response is read only when `options` ask for it. See
+    /// "Operators" in the [type's docs](PostgresStore).
+    async fn lookup(
+        &self,
+        key: &StoreKey,
+        options: LookupOptions,
+    ) -> Result<Option<KeyInfo>, StoreError> {
+        self.lookup_key(key, options).await
+    }
+
+    /// One `DELETE … RETURNING` of the live row, which notifies the key's waiters.
+    ///
+    /// **Forcing a `committed` row is dangerous**: that key's effects are already committed
+    /// (by [`commit_in`](crate::IdempotencyClaim::commit_in)) and only its response is not
+    /// recorded yet, so the next request with the key runs the handler, and its effects, a
+    /// second time. See "Operators" in the [type's docs](PostgresStore).
+    async fn evict(&self, key: &StoreKey, how: Evict) -> Result<Evicted, StoreError> {
+        self.evict_key(key, how).await
+    }
 }
 
 /// The entry of a row whose columns from 1 on are `state, token, fingerprint, live, record,
@@ -715,11 +771,7 @@ fn decode_at(row: &PgRow, at: usize) -> Result<Entry, StoreError> {
     let live: bool = row.try_get(at + 3).map_err(map_error)?;
     let record: Option<Vec<u8>> = row.try_get(at + 4).map_err(map_error)?;
     let expired: bool = row.try_get(at + 5).map_err(map_error)?;
-    let token = OwnerToken::from_bytes(
-        token
-            .try_into()
-            .map_err(|_| corrupt("the owner token is not 16 bytes"))?,
-    );
+    let token = decode_token(token)?;
     let fingerprint = fingerprint
         .map(|fp| {
             fp.try_into()
@@ -740,6 +792,14 @@ fn decode_at(row: &PgRow, at: usize) -> Result<Entry, StoreError> {
         }
         _ => Err(corrupt("unknown state")),
     }
+}
+
+/// The owner token of a row's `token` column.
+fn decode_token(token: Vec<u8>) -> Result<OwnerToken, StoreError> {
+    token
+        .try_into()
+        .map(OwnerToken::from_bytes)
+        .map_err(|_| corrupt("the owner token is not 16 bytes"))
 }
 
 /// A duration in microseconds for `$n * interval '1 microsecond'`: rounded up, at least 1.

@@ -25,11 +25,16 @@ pub(super) struct Statements {
     pub(super) lease_left: String,
     pub(super) commit_in: String,
     pub(super) sweep: String,
+    pub(super) lookup: String,
+    pub(super) evict: String,
 }
 
 impl Statements {
     pub(super) fn new(table: &Table) -> Self {
         let t = table.quoted();
+        // A row in progress: a claim, or a key whose effects committed while its owner's lease
+        // lasts (the owner is still to record the response).
+        let in_progress = "(state = 'claimed' OR (state = 'committed' AND lease_until > now()))";
         Self {
             // $1 key, $2 token, $3 fingerprint, $4 lease (µs).
             //
@@ -163,6 +168,43 @@ impl Statements {
                  ) \
                  SELECT (SELECT count(*) FROM deleted) AS deleted, \
                         (SELECT count(*) FROM freed) AS freed"
+            ),
+            // $1 key, $2 whether to send the response. The columns of `ENTRY`, then how long the
+            // current state lasts (µs, rounded up, so a live row never reads zero): the lease
+            // for a row in progress, else the response retention while the response is kept
+            // (rows without `record_until` keep it until `expires_at`), else the key retention;
+            // never past `expires_at`. The response is only read when $2 asks for it: the CASE
+            // does not evaluate (nor detoast) the column otherwise.
+            lookup: format!(
+                "SELECT state, token, fingerprint, live, CASE WHEN $2 THEN record END AS record, \
+                        expired, left_us \
+                 FROM (SELECT {ENTRY}, ceil(extract(epoch FROM least(CASE \
+                         WHEN {in_progress} THEN lease_until \
+                         WHEN coalesce(record_until > now(), true) \
+                           THEN coalesce(record_until, expires_at) \
+                         ELSE expires_at END, expires_at) - now()) * 1000000)::int8 AS left_us \
+                       FROM {t} WHERE key = $1 AND expires_at > now()) AS entry"
+            ),
+            // $1 key, $2 whether to remove a row in progress, $3 channel.
+            //
+            // `target` locks the live row and judges its latest version (at READ COMMITTED a row
+            // changed while this statement waited for the lock is re-read), so the decision and
+            // the delete are about the same version; a handler's transaction that holds the row
+            // (from its `commit_in` to its commit) makes it wait. A removed row whose waiters
+            // marked it `watched` notifies them, as `release` does. Returns the row's owner,
+            // whether it was in progress and whether it was removed; no row when there was no
+            // live one.
+            evict: format!(
+                "WITH target AS ( \
+                   SELECT key, token, {in_progress} AS in_progress FROM {t} \
+                   WHERE key = $1 AND expires_at > now() FOR UPDATE \
+                 ), gone AS ( \
+                   DELETE FROM {t} WHERE key IN (SELECT key FROM target WHERE $2 OR NOT in_progress) \
+                   RETURNING key, watched \
+                 ), woken AS (SELECT pg_notify($3, encode(key, 'hex')) FROM gone WHERE watched) \
+                 SELECT token, in_progress, EXISTS (SELECT 1 FROM gone) AS removed, \
+                        (SELECT count(*) FROM woken) AS woken \
+                 FROM target"
             ),
         }
     }
