@@ -152,7 +152,7 @@ async fn lookup(
 ) -> Response {
     let key = match store_key(&admin, &user, &headers) {
         Ok(key) => key,
-        Err(response) => return response,
+        Err(problem) => return problem.into_response(),
     };
     let options = LookupOptions::new().with_response(query.response);
     let info = match admin.layer.store().lookup(&key, options).await {
@@ -202,7 +202,7 @@ async fn evict(
 ) -> Response {
     let key = match store_key(&admin, &user, &headers) {
         Ok(key) => key,
-        Err(response) => return response,
+        Err(problem) => return problem.into_response(),
     };
     let how = if query.force {
         Evict::Force
@@ -238,28 +238,52 @@ fn store_key(
     admin: &Admin,
     user: &str,
     headers: &HeaderMap,
-) -> Result<tower_idempotency::store::StoreKey, Response> {
-    let header = headers.get("idempotency-key").ok_or_else(|| {
-        problem(
-            StatusCode::BAD_REQUEST,
-            "missing-key",
-            "send the customer's Idempotency-Key",
-        )
-    })?;
+) -> Result<tower_idempotency::store::StoreKey, Problem> {
+    let invalid = |kind, detail: String| Problem {
+        status: StatusCode::BAD_REQUEST,
+        kind,
+        detail,
+    };
+    let header = headers
+        .get("idempotency-key")
+        .ok_or_else(|| invalid("missing-key", "send the customer's Idempotency-Key".into()))?;
     admin
         .layer
         .store_key(Some(user), header)
-        .map_err(|e| problem(StatusCode::BAD_REQUEST, "invalid-key", &e.to_string()))
+        .map_err(|e| invalid("invalid-key", e.to_string()))
 }
 
-fn problem(status: StatusCode, kind: &str, detail: &str) -> Response {
-    let body = json!({ "type": kind, "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail });
-    let mut response = (status, Json(body)).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/problem+json"),
-    );
-    response
+fn problem(status: StatusCode, kind: &'static str, detail: &str) -> Response {
+    Problem {
+        status,
+        kind,
+        detail: detail.to_owned(),
+    }
+    .into_response()
+}
+
+/// An error answered as `application/problem+json`.
+struct Problem {
+    status: StatusCode,
+    kind: &'static str,
+    detail: String,
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": self.kind,
+            "title": self.status.canonical_reason(),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
 }
 
 /// The application: payments behind authentication and the idempotency layer, and the admin

@@ -93,6 +93,12 @@
 //! - **Record policy**: [`IdempotencyLayer::record_policy`] decides record or release for every
 //!   response ([`policy::RecordPolicy`], with the recipe "don't keep 4xx validation failures");
 //!   [`IdempotencyLayer::expiry_header`] tells clients when their record expires.
+//! - **Looking up and evicting a key**: [`store::Store::lookup`] reads a key's state,
+//!   fingerprint and expiry (the stored response only when asked), and [`store::Store::evict`]
+//!   removes a completed key so that its next request runs again; an in-progress claim only
+//!   with [`store::Evict::Force`], whose docs say why that is dangerous.
+//!   [`IdempotencyLayer::store_key`] files a client's key as the layer does.
+//!   `examples/admin.rs` puts both behind an operator's token in an axum app.
 //!
 //! # Flow
 //!
