@@ -80,13 +80,15 @@ async fn memory_store_lookup_tells_the_expiry() {
         .await
         .unwrap();
     tokio::time::advance(Duration::from_secs(10)).await;
-    let info = store
-        .lookup(&key, LookupOptions::new())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(info.state(), KeyState::InProgress { owner });
-    assert_eq!(info.expires_in(), Some(Duration::from_secs(20)));
+    let looked_up = async |store: &MemoryStore| {
+        let info = store.lookup(&key, LookupOptions::new()).await.unwrap();
+        info.map(|info| (info.state(), info.expires_in().unwrap()))
+    };
+    let secs = Duration::from_secs;
+    assert_eq!(
+        looked_up(&store).await,
+        Some((KeyState::InProgress { owner }, secs(20)))
+    );
 
     let response = StoredResponse::new(StatusCode::CREATED, HeaderMap::new(), "x".into(), None);
     store
@@ -94,22 +96,16 @@ async fn memory_store_lookup_tells_the_expiry() {
         .await
         .unwrap();
     tokio::time::advance(Duration::from_secs(15)).await;
-    let info = store
-        .lookup(&key, LookupOptions::new())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(info.state(), KeyState::Completed);
-    assert_eq!(info.expires_in(), Some(Duration::from_secs(45)));
+    assert_eq!(
+        looked_up(&store).await,
+        Some((KeyState::Completed, secs(45)))
+    );
     // Past the response retention: remembered until the key retention, counted from `complete`.
     tokio::time::advance(Duration::from_secs(50)).await;
-    let info = store
-        .lookup(&key, LookupOptions::new())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(info.state(), KeyState::ResponseExpired);
-    assert_eq!(info.expires_in(), Some(Duration::from_secs(535)));
+    assert_eq!(
+        looked_up(&store).await,
+        Some((KeyState::ResponseExpired, secs(535)))
+    );
 }
 
 /// A store written before `lookup` and `evict` existed: only the required methods.
