@@ -15,7 +15,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_idempotency::body::ResponseBody;
 use tower_idempotency::policy::{DefaultRecordPolicy, RecordPolicy, ResponseHead};
-use tower_idempotency::store::MemoryStore;
+use tower_idempotency::store::{MemoryStore, Store};
 use tower_idempotency::{Disposition, IdempotencyLayer, Outcome};
 
 /// Execution `n` answers `script[n - 1]` (`201` past its end) with the body `execution n`, and
@@ -421,7 +421,7 @@ async fn a_retryable_grpc_status_in_the_trailers_releases_the_key() {
 }
 
 /// An axum app whose handler takes `Json`, counting the executions the handler itself sees.
-fn json_app(layer: IdempotencyLayer<MemoryStore>, counter: &Counter) -> axum::Router {
+fn json_app<St: Store>(layer: IdempotencyLayer<St>, counter: &Counter) -> axum::Router {
     #[derive(serde::Deserialize)]
     struct Order {
         #[allow(dead_code)]
@@ -482,8 +482,34 @@ async fn by_default_a_json_rejection_is_kept_and_the_fixed_body_is_a_mismatch() 
 
 #[tokio::test]
 async fn a_policy_that_releases_validation_failures_lets_the_fixed_body_run() {
+    policy_releases_validation_failures(MemoryStore::new()).await;
+}
+
+/// The policy decides `complete` or `release` on the store: the same on the shared stores.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn the_policy_holds_on_redis() {
+    use common::redis::{shared_connection, unique_prefix};
+    let store = tower_idempotency::store::RedisStore::new(
+        shared_connection().await,
+        std::time::Duration::from_secs(60),
+    )
+    .with_prefix(unique_prefix("policy"));
+    policy_releases_validation_failures(store).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn the_policy_holds_on_postgres() {
+    use common::postgres::{pool, store_in};
+    let store = store_in(pool(4).await, "policy", std::time::Duration::from_secs(60)).await;
+    policy_releases_validation_failures(store).await;
+}
+
+/// Two validation failures are released, the fixed body runs once and is replayed.
+async fn policy_releases_validation_failures<St: Store>(store: St) {
     let counter = Counter::new();
-    let layer = IdempotencyLayer::new(MemoryStore::new()).record_policy(no_validation_failures);
+    let layer = IdempotencyLayer::new(store).record_policy(no_validation_failures);
     let app = json_app(layer, &counter);
     for (bad, status) in [
         ("{\"item\":", StatusCode::BAD_REQUEST),
