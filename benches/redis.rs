@@ -26,6 +26,11 @@
 //! ([`common::paired_batches`]). Every key lives under a random prefix of this run and expires by
 //! itself (records after 10 s, tombstones after 60 s); nothing is flushed. Without a reachable
 //! server the benchmark says so in one line and does nothing.
+//!
+//! Profiling mode (see `BENCHMARKS.md`): `PROFILE_REQUESTS=n PROFILE_LOAD=<load>` sends `n`
+//! requests of one load from `PROFILE_TASKS` tasks (default 1), untimed, and exits; the loads are
+//! `layered_first`, `layered_replay`, `no_coalescing_replay`, `raw_first`, `raw_replay` and
+//! `bare`.
 
 mod common;
 
@@ -539,6 +544,36 @@ fn scripted_ratios(
         .collect()
 }
 
+/// Profiling mode: sends the requests `PROFILE_REQUESTS` and `PROFILE_LOAD` ask for, from
+/// `PROFILE_TASKS` tasks (default 1), and returns true; false when not asked.
+fn profile(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> bool {
+    let Some((n, load)) = common::profiling() else {
+        return false;
+    };
+    let tasks = std::env::var("PROFILE_TASKS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    let layered = |coalesce, request| Layered::new(rt, router(connection, coalesce), request);
+    match load.as_str() {
+        "layered_first" => layered(true, Request::First).run(rt, tasks, n),
+        "layered_replay" => layered(true, Request::Replay).run(rt, tasks, n),
+        "no_coalescing_replay" => layered(false, Request::Replay).run(rt, tasks, n),
+        "raw_first" => raw_batch(rt, connection, raw, Request::First, "", tasks, n),
+        "raw_replay" => {
+            let replayed = raw_completed(rt, connection, raw);
+            raw_batch(rt, connection, raw, Request::Replay, &replayed, tasks, n)
+        }
+        "bare" => remote::bare(rt, tasks, n),
+        other => panic!(
+            "PROFILE_LOAD must be one of layered_first, layered_replay, no_coalescing_replay, \
+             raw_first, raw_replay, bare; not {other:?}"
+        ),
+    };
+    println!("profiled {n} requests of {load} from {tasks} tasks");
+    true
+}
+
 fn main() {
     let since = SystemTime::now();
     let rt = common::runtime();
@@ -553,6 +588,9 @@ fn main() {
         async move { store.check_config().await.is_ok_and(|r| r.fenced_complete) }
     });
     let raw = Arc::new(Raw::new(fenced));
+    if profile(&rt, &connection, &raw) {
+        return;
+    }
     let counts = counts(&rt, &connection, &raw);
     let mut c = common::criterion();
     bench(&mut c, &rt, &connection, &raw);

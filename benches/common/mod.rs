@@ -759,13 +759,9 @@ pub(crate) fn publish(bench: &str, table: &str) {
 /// instruction counts divided by the difference of `n` is the cost of one request, free of
 /// start-up costs.
 pub(crate) fn profile(rt: &Runtime, loads: &[(&str, &Load)]) -> bool {
-    let Some(n) = std::env::var("PROFILE_REQUESTS")
-        .ok()
-        .and_then(|n| n.parse::<u64>().ok())
-    else {
+    let Some((n, wanted)) = profiling() else {
         return false;
     };
-    let wanted = std::env::var("PROFILE_LOAD").unwrap_or_default();
     for (name, load) in loads {
         if *name == wanted {
             drive(rt, load, 1, n);
@@ -775,4 +771,11 @@ pub(crate) fn profile(rt: &Runtime, loads: &[(&str, &Load)]) -> bool {
     }
     let names: Vec<_> = loads.iter().map(|(name, _)| *name).collect();
     panic!("PROFILE_LOAD must be one of {names:?}");
+}
+
+/// Profiling mode's request: `PROFILE_REQUESTS` (how many) and `PROFILE_LOAD` (which load),
+/// when `PROFILE_REQUESTS` is set to a number (see [`profile`]).
+pub(crate) fn profiling() -> Option<(u64, String)> {
+    let n = std::env::var("PROFILE_REQUESTS").ok()?.parse().ok()?;
+    Some((n, std::env::var("PROFILE_LOAD").unwrap_or_default()))
 }
