@@ -179,8 +179,15 @@ impl Raw {
         pipe.query_async(connection).await.expect("begin")
     }
 
-    /// A first execution of `key`: `begin`, then `complete` as the store sends it here.
-    async fn first<C: ConnectionLike>(&self, connection: &mut C, key: &str) {
+    /// A first execution of `key`: `begin`, then `complete` as the store sends it here, with
+    /// the record kept for `ttl` and the key remembered for `key_ttl`.
+    async fn first<C: ConnectionLike>(
+        &self,
+        connection: &mut C,
+        key: &str,
+        ttl: Duration,
+        key_ttl: Duration,
+    ) {
         let (claimed, tombstone) = self.begin(connection, key).await;
         assert_eq!(
             (claimed, tombstone),
@@ -188,8 +195,7 @@ impl Raw {
             "a fresh key"
         );
         let tombstone_key = format!("{key}:t");
-        let ttl = common::REDIS_TTL.as_millis() as u64;
-        let key_ttl = common::REDIS_KEY_TTL.as_millis() as u64;
+        let (ttl, key_ttl) = (ttl.as_millis() as u64, key_ttl.as_millis() as u64);
         if self.fenced {
             let mut pipe = redis::pipe();
             pipe.cmd("SET")
@@ -258,18 +264,24 @@ where
         };
         async move {
             match request {
-                Request::First => raw.first(&mut connection, &key).await,
+                Request::First => {
+                    let (ttl, key_ttl) = (common::REDIS_TTL, common::REDIS_KEY_TTL);
+                    raw.first(&mut connection, &key, ttl, key_ttl).await;
+                }
                 Request::Replay => raw.replay(&mut connection, &key).await,
             }
         }
     })
 }
 
-/// Completes a raw key of its own for raw's replays; the key.
+/// Completes a raw key of its own for raw's replays (kept for [`REPLAY_TTL`]); the key.
 fn raw_completed(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> String {
     let key = Raw::key(&common::fresh_prefix(), 0);
     let (mut connection, raw, k) = (connection.clone(), Arc::clone(raw), key.clone());
-    common::on_runtime(rt, async move { raw.first(&mut connection, &k).await });
+    common::on_runtime(rt, async move {
+        raw.first(&mut connection, &k, REPLAY_TTL, REPLAY_TTL * 2)
+            .await;
+    });
     key
 }
 
@@ -319,9 +331,28 @@ fn counts(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> C
     counts
 }
 
-/// The layered router over a fresh store on `connection`, coalescing or not.
-fn router(connection: &MultiplexedConnection, coalesce: bool) -> axum::Router {
-    let layer = IdempotencyLayer::new(common::redis_store(connection)).coalesce(coalesce);
+/// How long the records that replay rows read are kept (and their keys remembered twice as
+/// long): the whole run. A replay row reads one record for many seconds (its criterion samples
+/// and its pairs), and a replay of an expired record would be `result-expired` instead.
+const REPLAY_TTL: Duration = Duration::from_secs(600);
+
+/// A store under a prefix of its own on `connection`: [`common::redis_store`] for first
+/// executions, with records kept for [`REPLAY_TTL`] for replays.
+fn store(
+    connection: &MultiplexedConnection,
+    request: Request,
+) -> RedisStore<MultiplexedConnection> {
+    match request {
+        Request::First => common::redis_store(connection),
+        Request::Replay => RedisStore::new(connection.clone(), REPLAY_TTL)
+            .with_key_ttl(REPLAY_TTL * 2)
+            .with_prefix(format!("bench:{}:", common::fresh_prefix())),
+    }
+}
+
+/// The layered router for `request`s over a fresh store on `connection`, coalescing or not.
+fn router(connection: &MultiplexedConnection, coalesce: bool, request: Request) -> axum::Router {
+    let layer = IdempotencyLayer::new(store(connection, request)).coalesce(coalesce);
     common::layered_with(layer, 1).0
 }
 
@@ -331,7 +362,7 @@ fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection, ra
         group.throughput(Throughput::Elements(1));
         for tasks in CONCURRENCY {
             group.bench_with_input(BenchmarkId::new("layered", tasks), &tasks, |b, &tasks| {
-                let layered = Layered::new(rt, router(connection, true), request);
+                let layered = Layered::new(rt, router(connection, true, request), request);
                 b.iter_custom(|iters| layered.run(rt, tasks, iters));
             });
             group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
@@ -341,7 +372,7 @@ fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection, ra
                 });
             });
             group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
-                let store = Arc::new(common::redis_store(connection));
+                let store = Arc::new(store(connection, request));
                 remote::store_completed(rt, &store);
                 b.iter_custom(|iters| remote::store_batch(rt, &store, request, tasks, iters));
             });
@@ -354,7 +385,7 @@ fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection, ra
                 Request::Replay => {
                     let id = BenchmarkId::new("no_coalescing", tasks);
                     group.bench_with_input(id, &tasks, |b, &tasks| {
-                        let layered = Layered::new(rt, router(connection, false), request);
+                        let layered = Layered::new(rt, router(connection, false, request), request);
                         b.iter_custom(|iters| layered.run(rt, tasks, iters));
                     });
                 }
@@ -372,7 +403,7 @@ fn bench_nagle(c: &mut Criterion, rt: &Runtime, nagle: &MultiplexedConnection) {
     for tasks in [8, 64] {
         for (name, request) in [("first", Request::First), ("replay", Request::Replay)] {
             group.bench_with_input(BenchmarkId::new(name, tasks), &tasks, |b, &tasks| {
-                let layered = Layered::new(rt, router(nagle, true), request);
+                let layered = Layered::new(rt, router(nagle, true, request), request);
                 b.iter_custom(|iters| layered.run(rt, tasks, iters));
             });
         }
@@ -409,7 +440,7 @@ fn ratios(
         };
         for tasks in CONCURRENCY {
             let s = if tasks == 1 { "" } else { "s" };
-            let layered = Layered::new(rt, router(connection, true), request);
+            let layered = Layered::new(rt, router(connection, true, request), request);
             let id = format!("{group}/layered/{tasks}");
             let replayed = raw_completed(rt, connection, raw);
             let against_raw = remote::paired_with_raw(rt, &id, since, &layered, tasks, |n| {
@@ -445,7 +476,7 @@ fn ratios(
                 .with_paired(remote::paired_with_bare(rt, &id, since, &layered, tasks)),
             );
             if request == Request::Replay {
-                let off = Layered::new(rt, router(connection, false), request);
+                let off = Layered::new(rt, router(connection, false, request), request);
                 let off_id = format!("{group}/no_coalescing/{tasks}");
                 ratios.push(
                     Ratio::time(
@@ -490,8 +521,8 @@ fn nagle_ratios(
     for (name, request) in [("first", Request::First), ("replay", Request::Replay)] {
         for tasks in [8, 64] {
             let id = format!("{}/layered/{tasks}", request.group("redis"));
-            let fast = Layered::new(rt, router(connection, true), request);
-            let slow = Layered::new(rt, router(nagle, true), request);
+            let fast = Layered::new(rt, router(connection, true, request), request);
+            let slow = Layered::new(rt, router(nagle, true, request), request);
             let paired = common::paired_batches(
                 &id,
                 since,
@@ -554,7 +585,8 @@ fn profile(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> 
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or(1);
-    let layered = |coalesce, request| Layered::new(rt, router(connection, coalesce), request);
+    let layered =
+        |coalesce, request| Layered::new(rt, router(connection, coalesce, request), request);
     match load.as_str() {
         "layered_first" => layered(true, Request::First).run(rt, tasks, n),
         "layered_replay" => layered(true, Request::Replay).run(rt, tasks, n),
