@@ -487,13 +487,7 @@ fn ratios(
                     )
                     .with_paired(remote::paired_with_bare(rt, &off_id, since, &off, tasks)),
                 );
-                let on_off = common::paired_batches(
-                    &off_id,
-                    since,
-                    common::Kind::Throughput,
-                    |n| off.run(rt, tasks, n),
-                    |n| layered.run(rt, tasks, n),
-                );
+                let on_off = remote::paired_layered(rt, &off_id, since, &off, &layered, tasks);
                 ratios.push(
                     Ratio::throughput(
                         "  coalescing on / off (throughput)",
@@ -523,13 +517,7 @@ fn nagle_ratios(
             let id = format!("{}/layered/{tasks}", request.group("redis"));
             let fast = Layered::new(rt, router(connection, true, request), request);
             let slow = Layered::new(rt, router(nagle, true, request), request);
-            let paired = common::paired_batches(
-                &id,
-                since,
-                common::Kind::Throughput,
-                |n| slow.run(rt, tasks, n),
-                |n| fast.run(rt, tasks, n),
-            );
+            let paired = remote::paired_layered(rt, &id, since, &slow, &fast, tasks);
             ratios.push(
                 Ratio::throughput(
                     format!("{name}, {tasks} tasks: NODELAY / Nagle (throughput)"),

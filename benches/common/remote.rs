@@ -174,3 +174,22 @@ pub(crate) fn paired_with_bare(
         |n| layered.run(rt, tasks, n),
     )
 }
+
+/// `variant` against `baseline`, two layered sides, in pairs, as throughputs (variant /
+/// baseline), at `tasks` tasks; `id` is the variant's criterion id.
+pub(crate) fn paired_layered(
+    rt: &Runtime,
+    id: &str,
+    since: SystemTime,
+    baseline: &Layered,
+    variant: &Layered,
+    tasks: u64,
+) -> Option<Paired> {
+    super::paired_batches(
+        id,
+        since,
+        Kind::Throughput,
+        |n| baseline.run(rt, tasks, n),
+        |n| variant.run(rt, tasks, n),
+    )
+}
