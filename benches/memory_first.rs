@@ -97,7 +97,7 @@ fn main() {
                 "first execution, MemoryStore",
                 "memory_first/layered",
                 "memory_first/baseline",
-                Target::AtMost(1.3),
+                Target::AtMost(1.25),
             )
             .with_paired(paired_layered),
             Ratio::time(

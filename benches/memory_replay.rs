@@ -79,7 +79,7 @@ fn main() {
                 "replay, MemoryStore",
                 "memory_replay/layered",
                 "memory_replay/baseline",
-                Target::AtMost(0.4),
+                Target::AtMost(0.25),
             )
             .with_paired(pair("memory_replay/layered", &layered)),
             Ratio::time(

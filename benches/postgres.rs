@@ -18,16 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{Key, Load, Ratio, Target};
+use common::remote::{self, Layered, Request};
+use common::{Ratio, Target};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use http::{HeaderMap, HeaderValue, StatusCode};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::runtime::Runtime;
-use tower_idempotency::fingerprint::Fingerprint;
-use tower_idempotency::record::Record;
-use tower_idempotency::record::StoredResponse;
-use tower_idempotency::store::{Begin, OwnerToken, PostgresStore, Store, StoreKey};
+use tower_idempotency::store::{OwnerToken, PostgresStore, StoreKey};
 
 const CONCURRENCY: [u64; 2] = [1, 8];
 const TTL: Duration = Duration::from_secs(600);
@@ -69,17 +66,6 @@ fn store(rt: &Runtime, pool: &PgPool, table: &str) -> PostgresStore {
     let migrate = store.clone();
     common::on_runtime(rt, async move { migrate.migrate().await.expect("migrate") });
     store
-}
-
-/// A record of the baseline's response, as the layer stores it.
-fn record() -> Record {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let response = StoredResponse::new(StatusCode::CREATED, headers, common::order(0), None);
-    Record::new(Some(Fingerprint::sha256(b"request")), &response)
 }
 
 /// The raw statements: what a hand-written idempotency table does with sqlx.
@@ -173,107 +159,46 @@ fn raw_replays(
     })
 }
 
-/// The store alone, as the layer drives it: `begin` + `complete` for a first execution,
-/// `begin` on a completed key for a replay.
-async fn store_calls(store: PostgresStore, key: String, record: Record, replay: bool) {
-    let key = StoreKey::new(None, &key);
-    let token = OwnerToken::generate();
-    let fingerprint = record.fingerprint().copied();
-    let lease = Duration::from_secs(30);
-    match store
-        .begin(&key, fingerprint.as_ref(), token, lease)
-        .await
-        .expect("begin")
-    {
-        Begin::New if !replay => store
-            .complete(&key, token, &record)
-            .await
-            .expect("complete"),
-        Begin::Completed(_) if replay => {}
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
 fn bench(c: &mut Criterion, rt: &Runtime, pool: &PgPool, store: &PostgresStore, raw: &Arc<Raw>) {
-    let stored = record();
-    let record = stored.as_bytes().clone();
-
-    let mut group = c.benchmark_group("postgres_first");
-    group.throughput(Throughput::Elements(1));
-    for tasks in CONCURRENCY {
-        group.bench_with_input(BenchmarkId::new("layered", tasks), &tasks, |b, &tasks| {
-            let (router, _) = common::layered(store.clone(), 1);
-            let load = Load::post(router, Key::Fresh(common::fresh_prefix()));
-            b.iter_custom(|iters| common::drive(rt, &load.fresh(), tasks, iters));
-        });
-        group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
-            b.iter_custom(|iters| raw_firsts(rt, pool, raw, &record, tasks, iters));
-        });
-        group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
-            b.iter_custom(|iters| {
-                let (store, prefix, stored) =
-                    (store.clone(), common::fresh_prefix(), stored.clone());
-                common::drive_fn(rt, tasks, iters, move |n| {
-                    store_calls(
-                        store.clone(),
-                        format!("store-{prefix}-{n}"),
-                        stored.clone(),
-                        false,
-                    )
-                })
+    let record = remote::record().as_bytes().clone();
+    let shared = Arc::new(store.clone());
+    for request in [Request::First, Request::Replay] {
+        let mut group = c.benchmark_group(request.group("postgres"));
+        group.throughput(Throughput::Elements(1));
+        for tasks in CONCURRENCY {
+            group.bench_with_input(BenchmarkId::new("layered", tasks), &tasks, |b, &tasks| {
+                let (router, executions) = common::layered(store.clone(), 1);
+                let layered = Layered::new(rt, router, request);
+                b.iter_custom(|iters| layered.run(rt, tasks, iters));
+                if request == Request::Replay {
+                    assert!(executions.total() <= 1, "one execution, replays since");
+                }
             });
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("postgres_replay");
-    group.throughput(Throughput::Elements(1));
-    for tasks in CONCURRENCY {
-        group.bench_with_input(BenchmarkId::new("layered", tasks), &tasks, |b, &tasks| {
-            let (router, executions) = common::layered(store.clone(), 1);
-            let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
-            common::drive(rt, &load, 1, 1);
-            b.iter_custom(|iters| common::drive(rt, &load, tasks, iters));
-            assert!(executions.total() <= 1, "one execution, replays since");
-        });
-        group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
-            b.iter_custom(|iters| raw_replays(rt, pool, raw, "replayed", tasks, iters));
-        });
-        group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
-            b.iter_custom(|iters| {
-                let (store, stored) = (store.clone(), stored.clone());
-                common::drive_fn(rt, tasks, iters, move |_| {
-                    store_calls(store.clone(), "replayed".to_owned(), stored.clone(), true)
-                })
+            group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
+                b.iter_custom(|iters| raw_batch(rt, pool, raw, &record, request, tasks, iters));
             });
-        });
+            group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
+                b.iter_custom(|iters| remote::store_batch(rt, &shared, request, tasks, iters));
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
-/// The layered and raw batches of one row, measured in pairs.
-fn paired(
+/// `n` raw requests of `request` from `tasks` tasks; the wall time.
+fn raw_batch(
     rt: &Runtime,
     pool: &PgPool,
-    store: &PostgresStore,
     raw: &Arc<Raw>,
-    since: SystemTime,
-    group: &str,
+    record: &Bytes,
+    request: Request,
     tasks: u64,
-) -> Option<common::Paired> {
-    let record = record().as_bytes().clone();
-    let id = format!("{group}/layered/{tasks}");
-    let (router, _) = common::layered(store.clone(), 1);
-    if group == "postgres_first" {
-        let load = Load::post(router, Key::Absent);
-        let raw = |n| raw_firsts(rt, pool, raw, &record, tasks, n);
-        let layered = |n| common::drive(rt, &load.fresh(), tasks, n);
-        return common::paired_batches(&id, since, common::Kind::Throughput, raw, layered);
+    n: u64,
+) -> Duration {
+    match request {
+        Request::First => raw_firsts(rt, pool, raw, record, tasks, n),
+        Request::Replay => raw_replays(rt, pool, raw, remote::REPLAYED, tasks, n),
     }
-    let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
-    let raw = |n| raw_replays(rt, pool, raw, "replayed", tasks, n);
-    let layered = |n| common::drive(rt, &load, tasks, n);
-    common::paired_batches(&id, since, common::Kind::Throughput, raw, layered)
 }
 
 fn main() {
@@ -285,38 +210,39 @@ fn main() {
     let table = format!("bench_{}", OwnerToken::generate());
     let store = store(&rt, &pool, &table);
     let raw = Arc::new(Raw::new(&table));
-    // The completed key both replays read: the layer's, with the baseline's response.
-    let (router, _) = common::layered(store.clone(), 1);
-    common::drive(
-        &rt,
-        &Load::post(router, Key::Fixed(HeaderValue::from_static("replayed"))),
-        1,
-        1,
-    );
+    // The completed key every replay reads (the layer's, the store's and raw's): the layer's,
+    // with the baseline's response.
+    Layered::new(&rt, common::layered(store.clone(), 1).0, Request::Replay);
     let mut c = common::criterion();
     bench(&mut c, &rt, &pool, &store, &raw);
+    let record = remote::record().as_bytes().clone();
     let mut ratios = Vec::new();
-    for group in ["postgres_first", "postgres_replay"] {
+    for request in [Request::First, Request::Replay] {
+        let group = request.group("postgres");
+        let what = match request {
+            Request::First => "first execution",
+            Request::Replay => "replay",
+        };
         for tasks in CONCURRENCY {
-            let label = match (group, tasks) {
-                ("postgres_first", 1) => "first execution, PostgreSQL, 1 task (throughput vs raw)",
-                ("postgres_first", _) => "first execution, PostgreSQL, 8 tasks (throughput vs raw)",
-                (_, 1) => "replay, PostgreSQL, 1 task (throughput vs raw)",
-                _ => "replay, PostgreSQL, 8 tasks (throughput vs raw)",
-            };
+            let s = if tasks == 1 { "" } else { "s" };
             let target = if tasks == 1 {
                 Target::None
             } else {
                 Target::AtLeast(0.85)
             };
+            let id = format!("{group}/layered/{tasks}");
+            let layered = Layered::new(&rt, common::layered(store.clone(), 1).0, request);
+            let paired = remote::paired_with_raw(&rt, &id, since, &layered, tasks, |n| {
+                raw_batch(&rt, &pool, &raw, &record, request, tasks, n)
+            });
             ratios.push(
                 Ratio::throughput(
-                    label,
-                    &format!("{group}/layered/{tasks}"),
+                    format!("{what}, PostgreSQL, {tasks} task{s} (throughput vs raw)"),
+                    &id,
                     &format!("{group}/raw/{tasks}"),
                     target,
                 )
-                .with_paired(paired(&rt, &pool, &store, &raw, since, group, tasks)),
+                .with_paired(paired),
             );
             ratios.push(Ratio::throughput(
                 "  the store's calls alone, no HTTP (throughput vs raw)",

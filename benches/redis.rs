@@ -1,14 +1,36 @@
-//! The layer over `RedisStore` against the raw `redis` client doing the same round trips, on
-//! the local server (`REDIS_URL`, default `redis://127.0.0.1:6379`), at 1, 8 and 64 concurrent
-//! tasks:
+//! The layer over `RedisStore` against the raw `redis` client sending the same commands, and
+//! against the bare handler, on the server of `REDIS_URL` (default `redis://127.0.0.1:6379`), at
+//! 1, 8 and 64 concurrent tasks.
 //!
-//! - first execution: the layered router with a fresh key per request (claim, handler, record:
-//!   two round trips) against `SET NX PX` + `SET PX` of a record of the same size;
-//! - replay: the layered router with a completed key (one round trip) against `GET`.
+//! What the layer sends (the store as its defaults have it: keys remembered longer than their
+//! responses, so with tombstones `K:t`), and what "raw" therefore sends by hand, the same
+//! commands in the same round trips, with values of the same sizes:
 //!
-//! Before timing, a counting connection checks that the layer makes exactly those round trips.
-//! Every key lives under a random prefix of this run and expires by itself; nothing is flushed.
-//! Without a reachable server the benchmark says so in one line and does nothing.
+//! - first execution (a fresh key per request), two round trips:
+//!   1. `begin`: the pipeline `SET K <claim> NX PX <lease> GET` + `GET K:t`;
+//!   2. `complete`: on Redis 7 one `EVALSHA` of a script that runs `GETRANGE K 0 17` (the owner
+//!      check), `SET K <record> PX <ttl>` and `SET K:t <tombstone> PX <key ttl>`; on servers
+//!      with `SET … IFEQ` (Valkey 8.1+, Redis 8.4+) the pipeline
+//!      `SET K <record> IFEQ <claim> PX <ttl> GET` + `SET K:t <tombstone> PX <key ttl>`;
+//! - replay (a completed key), one round trip: `begin`'s pipeline, which answers with the
+//!   record (and the tombstone).
+//!
+//! Raw does no HTTP, no hashing and no decoding: it is the client's share of the work alone.
+//! Before timing, a counting connection checks that the layer and raw make the same round
+//! trips with the same number of commands: per first execution 2 round trips, of 3 commands
+//! (script) or 4 (`SET … IFEQ`); per replay 1 round trip of 2 commands.
+//!
+//! Besides raw, every layered row is also timed against the bare handler (the same axum router
+//! and requests, no layer, no Redis), and a replay row with in-process coalescing off against
+//! the same row with it on. Every ratio with a target is also measured in pairs
+//! ([`common::paired_batches`]). Every key lives under a random prefix of this run and expires by
+//! itself (records after 10 s, tombstones after 60 s); nothing is flushed. Without a reachable
+//! server the benchmark says so in one line and does nothing.
+//!
+//! Profiling mode (see `BENCHMARKS.md`): `PROFILE_REQUESTS=n PROFILE_LOAD=<load>` sends `n`
+//! requests of one load from `PROFILE_TASKS` tasks (default 1), untimed, and exits; the loads are
+//! `layered_first`, `layered_replay`, `no_coalescing_replay`, `raw_first`, `raw_replay` and
+//! `bare`.
 
 mod common;
 
@@ -17,28 +39,49 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{Key, Load, Ratio, Target};
+use common::remote::{self, Layered, Request};
+use common::{Ratio, Target};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use http::{HeaderMap, HeaderValue, StatusCode};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::runtime::Runtime;
-use tower_idempotency::fingerprint::Fingerprint;
-use tower_idempotency::record::{Record, StoredResponse};
-use tower_idempotency::store::{Begin, OwnerToken, RedisStore, Store, StoreKey};
+use tower_idempotency::IdempotencyLayer;
+use tower_idempotency::record::Record;
+use tower_idempotency::store::{OwnerToken, RedisStore};
 
 const CONCURRENCY: [u64; 3] = [1, 8, 64];
 
-/// A connection that counts the round trips made through it.
+/// The lease the layer claims with by default (30 s), in milliseconds.
+const LEASE_MS: u64 = 30_000;
+
+/// A connection that counts the round trips and the commands sent through it.
 #[derive(Clone)]
 struct Counting {
     inner: MultiplexedConnection,
     round_trips: Arc<AtomicU64>,
+    commands: Arc<AtomicU64>,
+}
+
+impl Counting {
+    fn new(inner: &MultiplexedConnection) -> Self {
+        Self {
+            inner: inner.clone(),
+            round_trips: Arc::default(),
+            commands: Arc::default(),
+        }
+    }
+
+    /// Round trips and commands per request since the last call, for `n` requests.
+    fn take(&self, n: u64) -> (f64, f64) {
+        let per = |c: &AtomicU64| c.swap(0, Ordering::Relaxed) as f64 / n as f64;
+        (per(&self.round_trips), per(&self.commands))
+    }
 }
 
 impl ConnectionLike for Counting {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(1, Ordering::Relaxed);
         self.inner.req_packed_command(cmd)
     }
 
@@ -49,6 +92,8 @@ impl ConnectionLike for Counting {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.commands
+            .fetch_add(pipeline.len() as u64, Ordering::Relaxed);
         self.inner.req_packed_commands(pipeline, offset, count)
     }
 
@@ -57,250 +102,297 @@ impl ConnectionLike for Counting {
     }
 }
 
-/// Round trips per first execution and per replay, through the layer.
-fn round_trips(rt: &Runtime, connection: &MultiplexedConnection) -> (f64, f64) {
-    const N: u64 = 200;
-    let counter = Arc::new(AtomicU64::new(0));
-    let counting = Counting {
-        inner: connection.clone(),
-        round_trips: Arc::clone(&counter),
-    };
-    let store = RedisStore::new(counting, common::REDIS_TTL)
-        .with_prefix(format!("bench:{}:", common::fresh_prefix()));
-    let (router, _) = common::layered(store, 1);
-    // Loads the scripts, so that the counts below are the steady state.
-    common::drive(
-        rt,
-        &Load::post(router.clone(), Key::Fresh(common::fresh_prefix())),
-        1,
-        1,
-    );
-    counter.store(0, Ordering::Relaxed);
-    common::drive(
-        rt,
-        &Load::post(router.clone(), Key::Fresh(common::fresh_prefix())),
-        1,
-        N,
-    );
-    let first = counter.swap(0, Ordering::Relaxed) as f64 / N as f64;
-    let replay = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
-    common::drive(rt, &replay, 1, 1);
-    counter.store(0, Ordering::Relaxed);
-    common::drive(rt, &replay, 1, N);
-    let replays = counter.load(Ordering::Relaxed) as f64 / N as f64;
-    (first, replays)
+/// Raw's `complete` on servers without `SET … IFEQ`: the same server-side commands as the
+/// store's script. KEYS[1] the record's key, KEYS[2] the tombstone's; ARGV[1] the token,
+/// ARGV[2] the record, ARGV[3] its PX, ARGV[4] the tombstone's record, ARGV[5] its PX.
+static RAW_COMPLETE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GETRANGE', KEYS[1], 0, 17) ~= '\1\1' .. ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], '\1\2' .. ARGV[1] .. ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], '\1\2' .. ARGV[1] .. ARGV[4], 'PX', ARGV[5])
+return 1
+",
+    )
+});
+
+/// What the raw client writes, built once: the store's value layout (version, state, token,
+/// then the fingerprint of a claim or the encoding of a record) for the baseline's response.
+struct Raw {
+    token: [u8; 16],
+    /// `1 1 <token> <fingerprint>`: the claim, 50 bytes.
+    claim: Vec<u8>,
+    /// The record's encoding (the script's argument).
+    record: Bytes,
+    /// `1 2 <token> <record>`: the completed value (the fenced `SET`'s).
+    value: Vec<u8>,
+    /// The tombstone's record: the fingerprint, no response (the script's argument).
+    expired: Bytes,
+    /// `1 2 <token> <tombstone record>`: the tombstone's value (the fenced pipeline's).
+    tombstone: Vec<u8>,
+    /// Whether `complete` is `SET … IFEQ` (as the store sends it on this server) or the script.
+    fenced: bool,
 }
 
-/// A record of the baseline's response, as the layer stores it.
-fn record() -> Bytes {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let response = StoredResponse::new(StatusCode::CREATED, headers, common::order(0), None);
-    Record::new(Some(Fingerprint::sha256(b"request")), &response)
-        .as_bytes()
-        .clone()
-}
+impl Raw {
+    fn new(fenced: bool) -> Self {
+        let record = remote::record();
+        let token = OwnerToken::generate().to_bytes();
+        let expired = Record::response_expired(record.fingerprint().copied());
+        let layout = |state: u8, rest: &[u8]| {
+            let mut v = vec![1, state];
+            v.extend_from_slice(&token);
+            v.extend_from_slice(rest);
+            v
+        };
+        let fingerprint = record.fingerprint().expect("a fingerprint").as_bytes();
+        Self {
+            token,
+            claim: layout(1, fingerprint),
+            value: layout(2, record.as_bytes()),
+            tombstone: layout(2, expired.as_bytes()),
+            record: record.as_bytes().clone(),
+            expired: expired.as_bytes().clone(),
+            fenced,
+        }
+    }
 
-/// The raw client's first execution: claim with `SET NX PX`, then store with `SET PX`.
-async fn raw_first(mut connection: MultiplexedConnection, key: String, record: Bytes) {
-    let claimed: Value = redis::cmd("SET")
-        .arg(&key)
-        .arg(&record[..18])
-        .arg("NX")
-        .arg("PX")
-        .arg(30_000)
-        .query_async(&mut connection)
-        .await
-        .expect("SET NX");
-    assert!(matches!(claimed, Value::Okay), "{claimed:?}");
-    let () = redis::cmd("SET")
-        .arg(&key)
-        .arg(&record[..])
-        .arg("PX")
-        .arg(common::REDIS_TTL.as_millis() as u64)
-        .query_async(&mut connection)
-        .await
-        .expect("SET");
-}
+    /// A raw key `i` under `prefix`, as long as the store's (`{prefix}{<64 hex digits>}`).
+    fn key(prefix: &str, i: u64) -> String {
+        format!("bench:{prefix}:{{{i:064x}}}")
+    }
 
-/// `n` raw first executions from `tasks` tasks, under a prefix of their own; the wall time.
-fn raw_firsts(
-    rt: &Runtime,
-    connection: &MultiplexedConnection,
-    record: &Bytes,
-    tasks: u64,
-    n: u64,
-) -> Duration {
-    let prefix = format!("bench:{}:", common::fresh_prefix());
-    let (connection, record) = (connection.clone(), record.clone());
-    common::drive_fn(rt, tasks, n, move |i| {
-        raw_first(connection.clone(), format!("{prefix}{i}"), record.clone())
-    })
-}
-
-/// Stores `record` under a key of its own for the raw client's replays; the key.
-fn raw_stored(rt: &Runtime, connection: &MultiplexedConnection, record: &Bytes) -> String {
-    let key = format!("bench:{}:replayed", common::fresh_prefix());
-    let set_up = (connection.clone(), key.clone(), record.clone());
-    common::on_runtime(rt, async move {
-        let (mut connection, key, record) = set_up;
-        let () = redis::cmd("SET")
-            .arg(&key)
-            .arg(&record[..])
+    /// `begin`'s round trip: `SET K <claim> NX PX <lease> GET` + `GET K:t`; the two replies.
+    async fn begin<C: ConnectionLike>(&self, connection: &mut C, key: &str) -> (Value, Value) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(&self.claim)
+            .arg("NX")
             .arg("PX")
-            .arg(600_000)
-            .query_async(&mut connection)
-            .await
-            .expect("SET");
-    });
-    key
+            .arg(LEASE_MS)
+            .arg("GET")
+            .cmd("GET")
+            .arg(format!("{key}:t"));
+        pipe.query_async(connection).await.expect("begin")
+    }
+
+    /// A first execution of `key`: `begin`, then `complete` as the store sends it here, with
+    /// the record kept for `ttl` and the key remembered for `key_ttl`.
+    async fn first<C: ConnectionLike>(
+        &self,
+        connection: &mut C,
+        key: &str,
+        ttl: Duration,
+        key_ttl: Duration,
+    ) {
+        let (claimed, tombstone) = self.begin(connection, key).await;
+        assert_eq!(
+            (claimed, tombstone),
+            (Value::Nil, Value::Nil),
+            "a fresh key"
+        );
+        let tombstone_key = format!("{key}:t");
+        let (ttl, key_ttl) = (ttl.as_millis() as u64, key_ttl.as_millis() as u64);
+        if self.fenced {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(&self.value)
+                .arg("IFEQ")
+                .arg(&self.claim)
+                .arg("PX")
+                .arg(ttl)
+                .arg("GET")
+                .cmd("SET")
+                .arg(tombstone_key)
+                .arg(&self.tombstone)
+                .arg("PX")
+                .arg(key_ttl)
+                .ignore();
+            let (found,): (Vec<u8>,) = pipe.query_async(connection).await.expect("SET IFEQ");
+            assert_eq!(found, self.claim, "the claim was there");
+        } else {
+            let done: i64 = RAW_COMPLETE
+                .key(key)
+                .key(tombstone_key)
+                .arg(&self.token[..])
+                .arg(&self.record[..])
+                .arg(ttl)
+                .arg(&self.expired[..])
+                .arg(key_ttl)
+                .invoke_async(connection)
+                .await
+                .expect("complete");
+            assert_eq!(done, 1, "the claim was there");
+        }
+    }
+
+    /// A replay of the completed `key`: `begin`'s round trip, answered with the record.
+    async fn replay<C: ConnectionLike>(&self, connection: &mut C, key: &str) {
+        let (found, tombstone) = self.begin(connection, key).await;
+        match (found, tombstone) {
+            (Value::BulkString(v), Value::BulkString(_)) => assert_eq!(v, self.value),
+            other => panic!("replay: unexpected {other:?}"),
+        }
+    }
 }
 
-/// `n` raw replays (`GET key`) from `tasks` tasks; the wall time.
-fn raw_replays(
+/// `n` raw requests from `tasks` tasks (first executions under a prefix of their own, replays of
+/// `replayed`); the wall time.
+fn raw_batch<C>(
     rt: &Runtime,
-    connection: &MultiplexedConnection,
-    key: &str,
+    connection: &C,
+    raw: &Arc<Raw>,
+    request: Request,
+    replayed: &str,
     tasks: u64,
     n: u64,
-) -> Duration {
-    let (connection, key) = (connection.clone(), key.to_owned());
-    common::drive_fn(rt, tasks, n, move |_| {
-        let (mut connection, key) = (connection.clone(), key.clone());
+) -> Duration
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let (connection, raw) = (connection.clone(), Arc::clone(raw));
+    let (prefix, replayed) = (common::fresh_prefix(), replayed.to_owned());
+    common::drive_fn(rt, tasks, n, move |i| {
+        let (mut connection, raw) = (connection.clone(), Arc::clone(&raw));
+        let key = match request {
+            Request::First => Raw::key(&prefix, i),
+            Request::Replay => replayed.clone(),
+        };
         async move {
-            let value: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut connection)
-                .await
-                .expect("GET");
-            assert!(value.is_some());
+            match request {
+                Request::First => {
+                    let (ttl, key_ttl) = (common::REDIS_TTL, common::REDIS_KEY_TTL);
+                    raw.first(&mut connection, &key, ttl, key_ttl).await;
+                }
+                Request::Replay => raw.replay(&mut connection, &key).await,
+            }
         }
     })
 }
 
-/// The store alone, as the layer drives it, without HTTP: `begin` + `complete` for a first
-/// execution, `begin` on a completed key for a replay.
-async fn store_calls(
-    store: Arc<RedisStore<MultiplexedConnection>>,
-    key: String,
-    record: Record,
-    replay: bool,
-) {
-    let key = StoreKey::new(None, &key);
-    let token = OwnerToken::generate();
-    let lease = Duration::from_secs(30);
-    let fingerprint = record.fingerprint().copied();
-    match store
-        .begin(&key, fingerprint.as_ref(), token, lease)
-        .await
-        .expect("begin")
-    {
-        Begin::New if !replay => store
-            .complete(&key, token, &record)
-            .await
-            .expect("complete"),
-        Begin::Completed(_) if replay => {}
-        other => panic!("unexpected {other:?}"),
-    }
+/// Completes a raw key of its own for raw's replays (kept for [`REPLAY_TTL`]); the key.
+fn raw_completed(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> String {
+    let key = Raw::key(&common::fresh_prefix(), 0);
+    let (mut connection, raw, k) = (connection.clone(), Arc::clone(raw), key.clone());
+    common::on_runtime(rt, async move {
+        raw.first(&mut connection, &k, REPLAY_TTL, REPLAY_TTL * 2)
+            .await;
+    });
+    key
 }
 
-fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection) {
-    let record = record();
-    let stored = Record::from_bytes(record.clone()).expect("a record");
-
-    let mut group = c.benchmark_group("redis_first");
-    group.throughput(Throughput::Elements(1));
-    for tasks in CONCURRENCY {
-        group.bench_with_input(BenchmarkId::new("layered", tasks), &tasks, |b, &tasks| {
-            let (router, _) = common::layered(common::redis_store(connection), 1);
-            let load = Load::post(router, Key::Fresh(common::fresh_prefix()));
-            b.iter_custom(|iters| common::drive(rt, &load, tasks, iters));
-        });
-        group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
-            b.iter_custom(|iters| raw_firsts(rt, connection, &record, tasks, iters));
-        });
-        group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
-            let store = Arc::new(common::redis_store(connection));
-            let prefix = common::fresh_prefix();
-            b.iter_custom(|iters| {
-                let (store, prefix, stored) = (Arc::clone(&store), prefix.clone(), stored.clone());
-                common::drive_fn(rt, tasks, iters, move |n| {
-                    store_calls(
-                        Arc::clone(&store),
-                        format!("{prefix}-{n}"),
-                        stored.clone(),
-                        false,
-                    )
-                })
-            });
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("redis_replay");
-    group.throughput(Throughput::Elements(1));
-    for tasks in CONCURRENCY {
-        group.bench_with_input(BenchmarkId::new("layered", tasks), &tasks, |b, &tasks| {
-            let (router, executions) = common::layered(common::redis_store(connection), 1);
-            let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
-            common::drive(rt, &load, 1, 1);
-            b.iter_custom(|iters| common::drive(rt, &load, tasks, iters));
-            assert_eq!(executions.total(), 1, "one execution, replays since");
-        });
-        group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
-            let key = raw_stored(rt, connection, &record);
-            b.iter_custom(|iters| raw_replays(rt, connection, &key, tasks, iters));
-        });
-        group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
-            let store = Arc::new(common::redis_store(connection));
-            let set_up = (Arc::clone(&store), stored.clone());
-            common::on_runtime(
-                rt,
-                store_calls(set_up.0, "replayed".to_owned(), set_up.1, false),
-            );
-            b.iter_custom(|iters| {
-                let (store, stored) = (Arc::clone(&store), stored.clone());
-                common::drive_fn(rt, tasks, iters, move |_| {
-                    store_calls(
-                        Arc::clone(&store),
-                        "replayed".to_owned(),
-                        stored.clone(),
-                        true,
-                    )
-                })
-            });
-        });
-    }
-    group.finish();
+/// Round trips and commands per first execution and per replay, through the layer and raw.
+struct Counts {
+    layered: [(f64, f64); 2],
+    raw: [(f64, f64); 2],
 }
 
-/// The layered and raw batches of one row, for [`common::paired_batches`]: fresh keys for every
-/// batch of first executions, the completed key for replays.
-fn paired(
-    rt: &Runtime,
+/// Counts what the layer and raw send (after one request of each kind, which loads the
+/// scripts and asks the server which `complete` it takes), and checks that they agree.
+fn counts(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> Counts {
+    const N: u64 = 200;
+    let counting = Counting::new(connection);
+    let store = RedisStore::new(counting.clone(), common::REDIS_TTL)
+        .with_key_ttl(common::REDIS_KEY_TTL)
+        .with_prefix(format!("bench:{}:", common::fresh_prefix()));
+    let (router, _) = common::layered(store, 1);
+    let first = Layered::new(rt, router.clone(), Request::First);
+    first.run(rt, 1, 1);
+    counting.take(1);
+    first.run(rt, 1, N);
+    let layered_first = counting.take(N);
+    let replay = Layered::new(rt, router, Request::Replay);
+    counting.take(1);
+    replay.run(rt, 1, N);
+    let layered_replay = counting.take(N);
+
+    raw_batch(rt, &counting, raw, Request::First, "", 1, 1);
+    let replayed = raw_completed(rt, connection, raw);
+    counting.take(1);
+    raw_batch(rt, &counting, raw, Request::First, "", 1, N);
+    let raw_first = counting.take(N);
+    raw_batch(rt, &counting, raw, Request::Replay, &replayed, 1, N);
+    let raw_replay = counting.take(N);
+
+    let counts = Counts {
+        layered: [layered_first, layered_replay],
+        raw: [raw_first, raw_replay],
+    };
+    assert_eq!(counts.layered, counts.raw, "raw sends what the layer sends");
+    assert_eq!(
+        counts.layered[0].0, 2.0,
+        "two round trips per first execution"
+    );
+    assert_eq!(counts.layered[1].0, 1.0, "one round trip per replay");
+    counts
+}
+
+/// How long the records that replay rows read are kept (and their keys remembered twice as
+/// long): the whole run. A replay row reads one record for many seconds (its criterion samples
+/// and its pairs), and a replay of an expired record would be `result-expired` instead.
+const REPLAY_TTL: Duration = Duration::from_secs(600);
+
+/// A store under a prefix of its own on `connection`: [`common::redis_store`] for first
+/// executions, with records kept for [`REPLAY_TTL`] for replays.
+fn store(
     connection: &MultiplexedConnection,
-    since: SystemTime,
-    group: &str,
-    tasks: u64,
-) -> Option<common::Paired> {
-    let record = record();
-    let id = format!("{group}/layered/{tasks}");
-    let (router, _) = common::layered(common::redis_store(connection), 1);
-    if group == "redis_first" {
-        let load = Load::post(router, Key::Absent);
-        let raw = |n| raw_firsts(rt, connection, &record, tasks, n);
-        let layered = |n| common::drive(rt, &load.fresh(), tasks, n);
-        return common::paired_batches(&id, since, common::Kind::Throughput, raw, layered);
+    request: Request,
+) -> RedisStore<MultiplexedConnection> {
+    match request {
+        Request::First => common::redis_store(connection),
+        Request::Replay => RedisStore::new(connection.clone(), REPLAY_TTL)
+            .with_key_ttl(REPLAY_TTL * 2)
+            .with_prefix(format!("bench:{}:", common::fresh_prefix())),
     }
-    let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
-    common::drive(rt, &load, 1, 1);
-    let key = raw_stored(rt, connection, &record);
-    let raw = |n| raw_replays(rt, connection, &key, tasks, n);
-    let layered = |n| common::drive(rt, &load, tasks, n);
-    common::paired_batches(&id, since, common::Kind::Throughput, raw, layered)
+}
+
+/// The layered router for `request`s over a fresh store on `connection`, coalescing or not.
+fn router(connection: &MultiplexedConnection, coalesce: bool, request: Request) -> axum::Router {
+    let layer = IdempotencyLayer::new(store(connection, request)).coalesce(coalesce);
+    common::layered_with(layer, 1).0
+}
+
+fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) {
+    for request in [Request::First, Request::Replay] {
+        let mut group = c.benchmark_group(request.group("redis"));
+        group.throughput(Throughput::Elements(1));
+        for tasks in CONCURRENCY {
+            group.bench_with_input(BenchmarkId::new("layered", tasks), &tasks, |b, &tasks| {
+                let layered = Layered::new(rt, router(connection, true, request), request);
+                b.iter_custom(|iters| layered.run(rt, tasks, iters));
+            });
+            group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
+                let replayed = raw_completed(rt, connection, raw);
+                b.iter_custom(|iters| {
+                    raw_batch(rt, connection, raw, request, &replayed, tasks, iters)
+                });
+            });
+            group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
+                let store = Arc::new(store(connection, request));
+                remote::store_completed(rt, &store);
+                b.iter_custom(|iters| remote::store_batch(rt, &store, request, tasks, iters));
+            });
+            match request {
+                Request::First => {
+                    group.bench_with_input(BenchmarkId::new("bare", tasks), &tasks, |b, &tasks| {
+                        b.iter_custom(|iters| remote::bare(rt, tasks, iters));
+                    });
+                }
+                Request::Replay => {
+                    let id = BenchmarkId::new("no_coalescing", tasks);
+                    group.bench_with_input(id, &tasks, |b, &tasks| {
+                        let layered = Layered::new(rt, router(connection, false, request), request);
+                        b.iter_custom(|iters| layered.run(rt, tasks, iters));
+                    });
+                }
+            }
+        }
+        group.finish();
+    }
 }
 
 /// The layer on a connection with Nagle's algorithm on (the `redis` crate's default), at 8 and 64
@@ -309,75 +401,14 @@ fn bench_nagle(c: &mut Criterion, rt: &Runtime, nagle: &MultiplexedConnection) {
     let mut group = c.benchmark_group("redis_nagle");
     group.throughput(Throughput::Elements(1));
     for tasks in [8, 64] {
-        group.bench_with_input(BenchmarkId::new("first", tasks), &tasks, |b, &tasks| {
-            let (router, _) = common::layered(common::redis_store(nagle), 1);
-            let load = Load::post(router, Key::Fresh(common::fresh_prefix()));
-            b.iter_custom(|iters| common::drive(rt, &load, tasks, iters));
-        });
-        group.bench_with_input(BenchmarkId::new("replay", tasks), &tasks, |b, &tasks| {
-            let (router, _) = common::layered(common::redis_store(nagle), 1);
-            let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
-            common::drive(rt, &load, 1, 1);
-            b.iter_custom(|iters| common::drive(rt, &load, tasks, iters));
-        });
+        for (name, request) in [("first", Request::First), ("replay", Request::Replay)] {
+            group.bench_with_input(BenchmarkId::new(name, tasks), &tasks, |b, &tasks| {
+                let layered = Layered::new(rt, router(nagle, true, request), request);
+                b.iter_custom(|iters| layered.run(rt, tasks, iters));
+            });
+        }
     }
     group.finish();
-}
-
-/// The layer on the NODELAY connection against the layer on the Nagle one, in pairs.
-fn paired_nagle(
-    rt: &Runtime,
-    connection: &MultiplexedConnection,
-    nagle: &MultiplexedConnection,
-    since: SystemTime,
-    group: &str,
-    tasks: u64,
-) -> Option<common::Paired> {
-    let id = format!("{group}/layered/{tasks}");
-    let load = |connection| {
-        let (router, _) = common::layered(common::redis_store(connection), 1);
-        if group == "redis_first" {
-            return Load::post(router, Key::Absent);
-        }
-        let load = Load::post(router, Key::Fixed(HeaderValue::from_static("replayed")));
-        common::drive(rt, &load, 1, 1);
-        load
-    };
-    let (fast, slow) = (load(connection), load(nagle));
-    let first = group == "redis_first";
-    let run = |load: &Load, n| {
-        if first {
-            common::drive(rt, &load.fresh(), tasks, n)
-        } else {
-            common::drive(rt, load, tasks, n)
-        }
-    };
-    common::paired_batches(
-        &id,
-        since,
-        common::Kind::Throughput,
-        |n| run(&slow, n),
-        |n| run(&fast, n),
-    )
-}
-
-/// First executions through the store alone, as `n` requests on `tasks` tasks.
-fn store_firsts(
-    rt: &Runtime,
-    store: &Arc<RedisStore<MultiplexedConnection>>,
-    tasks: u64,
-    n: u64,
-) -> Duration {
-    let (store, prefix) = (Arc::clone(store), common::fresh_prefix());
-    let stored = Record::from_bytes(record()).expect("a record");
-    common::drive_fn(rt, tasks, n, move |i| {
-        store_calls(
-            Arc::clone(&store),
-            format!("{prefix}-{i}"),
-            stored.clone(),
-            false,
-        )
-    })
 }
 
 /// The store's first executions with `complete` as the Lua script (fenced commands off).
@@ -387,28 +418,180 @@ fn bench_scripted(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConne
     for tasks in [8, 64] {
         group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
             let store = Arc::new(common::redis_store(connection).with_fenced_commands(false));
-            b.iter_custom(|iters| store_firsts(rt, &store, tasks, iters));
+            b.iter_custom(|iters| remote::store_batch(rt, &store, Request::First, tasks, iters));
         });
     }
     group.finish();
 }
 
+/// Every ratio of the layer against raw and against the bare handler, with their pairs.
+fn ratios(
+    rt: &Runtime,
+    connection: &MultiplexedConnection,
+    raw: &Arc<Raw>,
+    since: SystemTime,
+) -> Vec<Ratio> {
+    let mut ratios = Vec::new();
+    for request in [Request::First, Request::Replay] {
+        let group = request.group("redis");
+        let what = match request {
+            Request::First => "first execution",
+            Request::Replay => "replay",
+        };
+        for tasks in CONCURRENCY {
+            let s = if tasks == 1 { "" } else { "s" };
+            let layered = Layered::new(rt, router(connection, true, request), request);
+            let id = format!("{group}/layered/{tasks}");
+            let replayed = raw_completed(rt, connection, raw);
+            let against_raw = remote::paired_with_raw(rt, &id, since, &layered, tasks, |n| {
+                raw_batch(rt, connection, raw, request, &replayed, tasks, n)
+            });
+            let (raw_target, bare_target) = match (request, tasks) {
+                (_, 1) => (Target::None, Target::None),
+                (Request::First, _) => (Target::AtLeast(0.9), Target::AtMost(5.0)),
+                (Request::Replay, _) => (Target::AtLeast(0.9), Target::AtMost(1.5)),
+            };
+            ratios.push(
+                Ratio::throughput(
+                    format!("{what}, Redis, {tasks} task{s} (throughput vs raw)"),
+                    &id,
+                    &format!("{group}/raw/{tasks}"),
+                    raw_target,
+                )
+                .with_paired(against_raw),
+            );
+            ratios.push(Ratio::throughput(
+                "  the store's calls alone, no HTTP (throughput vs raw)",
+                &format!("{group}/store/{tasks}"),
+                &format!("{group}/raw/{tasks}"),
+                Target::None,
+            ));
+            ratios.push(
+                Ratio::time(
+                    format!("{what}, Redis, {tasks} task{s}: time vs the bare handler"),
+                    &id,
+                    &format!("redis_first/bare/{tasks}"),
+                    bare_target,
+                )
+                .with_paired(remote::paired_with_bare(rt, &id, since, &layered, tasks)),
+            );
+            if request == Request::Replay {
+                let off = Layered::new(rt, router(connection, false, request), request);
+                let off_id = format!("{group}/no_coalescing/{tasks}");
+                ratios.push(
+                    Ratio::time(
+                        "  coalescing off: time vs the bare handler",
+                        &off_id,
+                        &format!("redis_first/bare/{tasks}"),
+                        Target::None,
+                    )
+                    .with_paired(remote::paired_with_bare(rt, &off_id, since, &off, tasks)),
+                );
+                let on_off = remote::paired_layered(rt, &off_id, since, &off, &layered, tasks);
+                ratios.push(
+                    Ratio::throughput(
+                        "  coalescing on / off (throughput)",
+                        &id,
+                        &off_id,
+                        Target::None,
+                    )
+                    .with_paired(on_off),
+                );
+            }
+        }
+    }
+    ratios
+}
+
+/// TCP_NODELAY, paired: the layer on the connection the docs advise against the layer on the
+/// driver's default connection, in the same run.
+fn nagle_ratios(
+    rt: &Runtime,
+    connection: &MultiplexedConnection,
+    nagle: &MultiplexedConnection,
+    since: SystemTime,
+) -> Vec<Ratio> {
+    let mut ratios = Vec::new();
+    for (name, request) in [("first", Request::First), ("replay", Request::Replay)] {
+        for tasks in [8, 64] {
+            let id = format!("{}/layered/{tasks}", request.group("redis"));
+            let fast = Layered::new(rt, router(connection, true, request), request);
+            let slow = Layered::new(rt, router(nagle, true, request), request);
+            let paired = remote::paired_layered(rt, &id, since, &slow, &fast, tasks);
+            ratios.push(
+                Ratio::throughput(
+                    format!("{name}, {tasks} tasks: NODELAY / Nagle (throughput)"),
+                    &id,
+                    &format!("redis_nagle/{name}/{tasks}"),
+                    Target::None,
+                )
+                .with_paired(paired),
+            );
+        }
+    }
+    ratios
+}
+
 /// Fenced `complete` against the script, in pairs, through the store alone.
-fn paired_scripted(
+fn scripted_ratios(
     rt: &Runtime,
     connection: &MultiplexedConnection,
     since: SystemTime,
-    tasks: u64,
-) -> Option<common::Paired> {
+) -> Vec<Ratio> {
     let fenced = Arc::new(common::redis_store(connection));
     let scripted = Arc::new(common::redis_store(connection).with_fenced_commands(false));
-    common::paired_batches(
-        &format!("redis_first/store/{tasks}"),
-        since,
-        common::Kind::Throughput,
-        |n| store_firsts(rt, &scripted, tasks, n),
-        |n| store_firsts(rt, &fenced, tasks, n),
-    )
+    [8, 64]
+        .into_iter()
+        .map(|tasks| {
+            let paired = common::paired_batches(
+                &format!("redis_first/store/{tasks}"),
+                since,
+                common::Kind::Throughput,
+                |n| remote::store_batch(rt, &scripted, Request::First, tasks, n),
+                |n| remote::store_batch(rt, &fenced, Request::First, tasks, n),
+            );
+            Ratio::throughput(
+                format!(
+                    "store calls, first execution, {tasks} tasks: fenced / scripted (throughput)"
+                ),
+                &format!("redis_first/store/{tasks}"),
+                &format!("redis_scripted/store/{tasks}"),
+                Target::None,
+            )
+            .with_paired(paired)
+        })
+        .collect()
+}
+
+/// Profiling mode: sends the requests `PROFILE_REQUESTS` and `PROFILE_LOAD` ask for, from
+/// `PROFILE_TASKS` tasks (default 1), and returns true; false when not asked.
+fn profile(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> bool {
+    let Some((n, load)) = common::profiling() else {
+        return false;
+    };
+    let tasks = std::env::var("PROFILE_TASKS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    let layered =
+        |coalesce, request| Layered::new(rt, router(connection, coalesce, request), request);
+    match load.as_str() {
+        "layered_first" => layered(true, Request::First).run(rt, tasks, n),
+        "layered_replay" => layered(true, Request::Replay).run(rt, tasks, n),
+        "no_coalescing_replay" => layered(false, Request::Replay).run(rt, tasks, n),
+        "raw_first" => raw_batch(rt, connection, raw, Request::First, "", tasks, n),
+        "raw_replay" => {
+            let replayed = raw_completed(rt, connection, raw);
+            raw_batch(rt, connection, raw, Request::Replay, &replayed, tasks, n)
+        }
+        "bare" => remote::bare(rt, tasks, n),
+        other => panic!(
+            "PROFILE_LOAD must be one of layered_first, layered_replay, no_coalescing_replay, \
+             raw_first, raw_replay, bare; not {other:?}"
+        ),
+    };
+    println!("profiled {n} requests of {load} from {tasks} tasks");
+    true
 }
 
 fn main() {
@@ -418,121 +601,46 @@ fn main() {
         return;
     };
     let nagle = common::redis_connection(&rt, false).expect("a second connection");
-    let (first_trips, replay_trips) = round_trips(&rt, &connection);
-    let mut c = common::criterion();
-    bench(&mut c, &rt, &connection);
-    bench_nagle(&mut c, &rt, &nagle);
-    // Where the server has `SET … IFEQ` (Valkey 8.1+, Redis 8.4+): the store's calls with the
-    // fenced `complete` against the same calls with the Lua script.
+    // Where the server has `SET … IFEQ` (Valkey 8.1+, Redis 8.4+) the store's `complete` is that
+    // fenced command, else the script; raw sends what the store sends.
     let fenced = common::on_runtime(&rt, {
         let store = common::redis_store(&connection);
         async move { store.check_config().await.is_ok_and(|r| r.fenced_complete) }
     });
+    let raw = Arc::new(Raw::new(fenced));
+    if profile(&rt, &connection, &raw) {
+        return;
+    }
+    let counts = counts(&rt, &connection, &raw);
+    let mut c = common::criterion();
+    bench(&mut c, &rt, &connection, &raw);
+    bench_nagle(&mut c, &rt, &nagle);
     if fenced {
         bench_scripted(&mut c, &rt, &connection);
     }
-    let mut ratios = Vec::new();
-    for (question, group) in [
-        ("first execution", "redis_first"),
-        ("replay", "redis_replay"),
-    ] {
-        for tasks in CONCURRENCY {
-            let label = match (question, tasks) {
-                ("first execution", 1) => "first execution, Redis, 1 task (throughput vs raw)",
-                ("first execution", 8) => "first execution, Redis, 8 tasks (throughput vs raw)",
-                ("first execution", _) => "first execution, Redis, 64 tasks (throughput vs raw)",
-                (_, 1) => "replay, Redis, 1 task (throughput vs raw)",
-                (_, 8) => "replay, Redis, 8 tasks (throughput vs raw)",
-                _ => "replay, Redis, 64 tasks (throughput vs raw)",
-            };
-            let target = if tasks == 1 {
-                Target::None
-            } else {
-                Target::AtLeast(0.85)
-            };
-            ratios.push(
-                Ratio::throughput(
-                    label,
-                    &format!("{group}/layered/{tasks}"),
-                    &format!("{group}/raw/{tasks}"),
-                    target,
-                )
-                .with_paired(paired(&rt, &connection, since, group, tasks)),
-            );
-            ratios.push(Ratio::throughput(
-                "  the store's calls alone, no HTTP (throughput vs raw)",
-                &format!("{group}/store/{tasks}"),
-                &format!("{group}/raw/{tasks}"),
-                Target::None,
-            ));
-        }
-    }
-    // TCP_NODELAY, paired: the layer on the connection the docs advise against the layer on the
-    // driver's default connection, in the same run.
-    for (group, tasks, label) in [
-        (
-            "redis_first",
-            8,
-            "first execution, 8 tasks: NODELAY / Nagle (throughput)",
-        ),
-        (
-            "redis_first",
-            64,
-            "first execution, 64 tasks: NODELAY / Nagle (throughput)",
-        ),
-        (
-            "redis_replay",
-            8,
-            "replay, 8 tasks: NODELAY / Nagle (throughput)",
-        ),
-        (
-            "redis_replay",
-            64,
-            "replay, 64 tasks: NODELAY / Nagle (throughput)",
-        ),
-    ] {
-        let what = group.trim_start_matches("redis_");
-        ratios.push(
-            Ratio::throughput(
-                label,
-                &format!("{group}/layered/{tasks}"),
-                &format!("redis_nagle/{what}/{tasks}"),
-                Target::None,
-            )
-            .with_paired(paired_nagle(&rt, &connection, &nagle, since, group, tasks)),
-        );
-    }
+    let mut all = ratios(&rt, &connection, &raw, since);
+    all.extend(nagle_ratios(&rt, &connection, &nagle, since));
     if fenced {
-        for (tasks, label) in [
-            (
-                8,
-                "store calls, first execution, 8 tasks: fenced / scripted (throughput)",
-            ),
-            (
-                64,
-                "store calls, first execution, 64 tasks: fenced / scripted (throughput)",
-            ),
-        ] {
-            ratios.push(
-                Ratio::throughput(
-                    label,
-                    &format!("redis_first/store/{tasks}"),
-                    &format!("redis_scripted/store/{tasks}"),
-                    Target::None,
-                )
-                .with_paired(paired_scripted(&rt, &connection, since, tasks)),
-            );
-        }
+        // The store's calls with the fenced `complete` against the same calls with the script.
+        all.extend(scripted_ratios(&rt, &connection, since));
     }
-    common::report("redis", since, &ratios);
+    common::report("redis", since, &all);
     if common::benchmarking() {
         let met = |n: f64, want: f64| if n == want { "yes" } else { "**no**" };
+        let row = |name: &str, i: usize, want: f64| {
+            let ((trips, commands), (raw_trips, raw_commands)) = (counts.layered[i], counts.raw[i]);
+            format!(
+                "| {name} | {trips:.2} | {commands:.2} | {raw_trips:.2} | {raw_commands:.2} | {want} | {} |\n",
+                met(trips, want)
+            )
+        };
         common::publish(
             "redis_round_trips",
             &format!(
-                "\nredis round trips per request (counted on the connection)\n\n| request | round trips | target | met |\n| --- | ---: | ---: | --- |\n| first execution | {first_trips:.2} | 2 | {} |\n| replay | {replay_trips:.2} | 1 | {} |\n",
-                met(first_trips, 2.0),
-                met(replay_trips, 1.0)
+                "\nredis round trips and commands per request (counted on the connection; complete: {})\n\n| request | round trips | commands | raw: round trips | raw: commands | target (round trips) | met |\n| --- | ---: | ---: | ---: | ---: | ---: | --- |\n{}{}",
+                if fenced { "SET … IFEQ" } else { "script" },
+                row("first execution", 0, 2.0),
+                row("replay", 1, 1.0)
             ),
         );
     }

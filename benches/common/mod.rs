@@ -31,6 +31,9 @@ use tower::ServiceExt;
 use tower_idempotency::IdempotencyLayer;
 use tower_idempotency::store::Store;
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) mod remote;
+
 /// The size of every request and response body of the baseline.
 pub(crate) const BODY_LEN: usize = 256;
 
@@ -201,8 +204,16 @@ pub(crate) fn baseline(slots: usize) -> (Router, Executions) {
 
 /// The baseline router behind the idempotency layer over `store`.
 pub(crate) fn layered<St: Store>(store: St, slots: usize) -> (Router, Executions) {
+    layered_with(IdempotencyLayer::new(store), slots)
+}
+
+/// The baseline router behind `layer` (a layer configured otherwise than the defaults).
+pub(crate) fn layered_with<St: Store>(
+    layer: IdempotencyLayer<St>,
+    slots: usize,
+) -> (Router, Executions) {
     let (router, executions) = baseline(slots);
-    (router.layer(IdempotencyLayer::new(store)), executions)
+    (router.layer(layer), executions)
 }
 
 /// What the floor of a layer does besides passing the request on or answering it.
@@ -436,12 +447,20 @@ pub(crate) fn redis_connection(
 #[cfg(feature = "redis")]
 pub(crate) const REDIS_TTL: Duration = Duration::from_secs(10);
 
+/// How long the Redis benchmarks' stores remember a completed key (its tombstone `K:t`): longer
+/// than [`REDIS_TTL`], so that `begin` and `complete` send what they send by default (the
+/// tombstone's commands included), and short enough that the keys of a run expire within
+/// minutes instead of the default 7 days.
+#[cfg(feature = "redis")]
+pub(crate) const REDIS_KEY_TTL: Duration = Duration::from_secs(60);
+
 /// A Redis store under a key prefix of its own, so that the benchmarks never meet other keys.
 #[cfg(feature = "redis")]
 pub(crate) fn redis_store(
     connection: &redis::aio::MultiplexedConnection,
 ) -> tower_idempotency::store::RedisStore<redis::aio::MultiplexedConnection> {
     tower_idempotency::store::RedisStore::new(connection.clone(), REDIS_TTL)
+        .with_key_ttl(REDIS_KEY_TTL)
         .with_prefix(format!("bench:{}:", fresh_prefix()))
 }
 
@@ -456,7 +475,7 @@ pub(crate) fn on_runtime<T: Send + 'static>(
 /// A ratio to print: one benchmark's time against another's from the same run.
 pub(crate) struct Ratio {
     /// What the row tells.
-    pub(crate) label: &'static str,
+    pub(crate) label: String,
     /// The criterion id (`group/function`) of the variant.
     pub(crate) variant: String,
     /// The criterion id of what it is compared with.
@@ -498,14 +517,14 @@ impl Ratio {
     }
 
     pub(crate) fn added(
-        label: &'static str,
+        label: impl Into<String>,
         variant: &str,
         reference: &'static str,
         baseline: &str,
         target: Target,
     ) -> Self {
         Self {
-            label,
+            label: label.into(),
             variant: variant.to_owned(),
             baseline: baseline.to_owned(),
             kind: Kind::Added(reference),
@@ -514,9 +533,14 @@ impl Ratio {
         }
     }
 
-    pub(crate) fn time(label: &'static str, variant: &str, baseline: &str, target: Target) -> Self {
+    pub(crate) fn time(
+        label: impl Into<String>,
+        variant: &str,
+        baseline: &str,
+        target: Target,
+    ) -> Self {
         Self {
-            label,
+            label: label.into(),
             variant: variant.to_owned(),
             baseline: baseline.to_owned(),
             kind: Kind::Time,
@@ -526,13 +550,13 @@ impl Ratio {
     }
 
     pub(crate) fn throughput(
-        label: &'static str,
+        label: impl Into<String>,
         variant: &str,
         baseline: &str,
         target: Target,
     ) -> Self {
         Self {
-            label,
+            label: label.into(),
             variant: variant.to_owned(),
             baseline: baseline.to_owned(),
             kind: Kind::Throughput,
@@ -735,13 +759,9 @@ pub(crate) fn publish(bench: &str, table: &str) {
 /// instruction counts divided by the difference of `n` is the cost of one request, free of
 /// start-up costs.
 pub(crate) fn profile(rt: &Runtime, loads: &[(&str, &Load)]) -> bool {
-    let Some(n) = std::env::var("PROFILE_REQUESTS")
-        .ok()
-        .and_then(|n| n.parse::<u64>().ok())
-    else {
+    let Some((n, wanted)) = profiling() else {
         return false;
     };
-    let wanted = std::env::var("PROFILE_LOAD").unwrap_or_default();
     for (name, load) in loads {
         if *name == wanted {
             drive(rt, load, 1, n);
@@ -751,4 +771,11 @@ pub(crate) fn profile(rt: &Runtime, loads: &[(&str, &Load)]) -> bool {
     }
     let names: Vec<_> = loads.iter().map(|(name, _)| *name).collect();
     panic!("PROFILE_LOAD must be one of {names:?}");
+}
+
+/// Profiling mode's request: `PROFILE_REQUESTS` (how many) and `PROFILE_LOAD` (which load),
+/// when `PROFILE_REQUESTS` is set to a number (see [`profile`]).
+pub(crate) fn profiling() -> Option<(u64, String)> {
+    let n = std::env::var("PROFILE_REQUESTS").ok()?.parse().ok()?;
+    Some((n, std::env::var("PROFILE_LOAD").unwrap_or_default()))
 }
