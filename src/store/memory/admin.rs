@@ -1,21 +1,14 @@
-//! The operator's calls on a [`MemoryStore`]: [`Store::lookup`] with the expiry, and
-//! [`Store::evict`], each under the key's shard lock.
+//! The operator's calls on a [`MemoryStore`]: [`Store::lookup`] (a shard's `get`, with the
+//! expiry), and [`Store::evict`], each under the key's shard lock.
 
 use std::time::Duration;
 
 use super::hasher::Digest;
-use super::shard::{Found, Shard, State};
+use super::shard::{Shard, State};
 use super::{MemoryStore, Tick};
 use crate::store::{Entry, Evict, Evicted, KeyInfo, LookupOptions, StoreError, StoreKey};
 
 impl Shard {
-    /// The live entry of `digest` and the tick its state ends at.
-    fn lookup(&mut self, now: Tick, digest: Digest) -> Option<(Found<Entry>, Tick)> {
-        // `get` sweeps first, which may turn a record into a remembered key with a new end.
-        let found = self.get(now, digest)?;
-        Some((found, self.map.get(&digest)?.until))
-    }
-
     /// Removes the live entry of `digest` as `how` allows.
     fn evict(&mut self, now: Tick, digest: Digest, how: Evict) -> Evicted {
         self.sweep(now);
@@ -43,7 +36,7 @@ impl MemoryStore {
         let (found, until, now) = {
             let mut shard = self.shard(key);
             let now = self.inner.now();
-            match shard.lookup(now, Digest(*key.digest())) {
+            match shard.get(now, Digest(*key.digest())) {
                 Some((found, until)) => (found, until, now),
                 None => return Ok(None),
             }

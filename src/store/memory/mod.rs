@@ -287,7 +287,9 @@ impl Store for MemoryStore {
             let now = self.inner.now();
             shard.get(now, Digest(*key.digest()))
         };
-        found.map(|found| found.parse(Entry::Completed)).transpose()
+        found
+            .map(|(found, _)| found.parse(Entry::Completed))
+            .transpose()
     }
 
     async fn release(&self, key: &StoreKey, token: OwnerToken) -> Result<(), StoreError> {

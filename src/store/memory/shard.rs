@@ -197,20 +197,23 @@ impl Shard {
         Ok(())
     }
 
-    pub(super) fn get(&mut self, now: Tick, digest: Digest) -> Option<Found<Entry>> {
+    /// The live entry of `digest`, and the tick its state ends at (the end of the lease, of the
+    /// response retention, or of the key retention).
+    pub(super) fn get(&mut self, now: Tick, digest: Digest) -> Option<(Found<Entry>, Tick)> {
         self.sweep(now);
         let slot = self.map.get(&digest)?;
         if slot.until <= now {
             self.remove(&digest);
             return None;
         }
-        Some(match &slot.state {
+        let found = match &slot.state {
             State::Claimed(claim) => Found::Answer(Entry::InProgress {
                 fingerprint: claim.fingerprint,
                 token: slot.token,
             }),
             State::Completed(record) => Found::Record(record.clone()),
-        })
+        };
+        Some((found, slot.until))
     }
 
     pub(super) fn release(

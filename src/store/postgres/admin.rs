@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::Row;
 
 use super::{PostgresStore, decode_at, decode_token, map_error};
-use crate::store::{Evict, Evicted, KeyInfo, LookupOptions, StoreError, StoreErrorKind, StoreKey};
+use crate::store::{Evict, Evicted, KeyInfo, LookupOptions, StoreError, StoreKey};
 
 impl PostgresStore {
     /// The `lookup` statement: the live row decoded as `get` decodes it (the response only when
@@ -53,17 +53,12 @@ impl PostgresStore {
         };
         let token: Vec<u8> = row.try_get(0).map_err(map_error)?;
         let in_progress: bool = row.try_get(1).map_err(map_error)?;
-        let removed: bool = row.try_get(2).map_err(map_error)?;
         let owner = decode_token(token)?;
-        match (in_progress, removed) {
-            (true, true) => Ok(Evicted::Claim { owner }),
-            (true, false) => Ok(Evicted::Refused { owner }),
-            (false, true) => Ok(Evicted::Record),
-            // The statement removes every completed row it locked.
-            (false, false) => Err(StoreError::with_source(
-                StoreErrorKind::Other,
-                "evict kept a completed row",
-            )),
-        }
+        // The statement removed the row it locked unless it was in progress and not forced.
+        Ok(match (in_progress, how) {
+            (false, _) => Evicted::Record,
+            (true, Evict::Force) => Evicted::Claim { owner },
+            (true, _) => Evicted::Refused { owner },
+        })
     }
 }

@@ -191,9 +191,9 @@ impl Statements {
             // changed while this statement waited for the lock is re-read), so the decision and
             // the delete are about the same version; a handler's transaction that holds the row
             // (from its `commit_in` to its commit) makes it wait. A removed row whose waiters
-            // marked it `watched` notifies them, as `release` does. Returns the row's owner,
-            // whether it was in progress and whether it was removed; no row when there was no
-            // live one.
+            // marked it `watched` notifies them, as `release` does. Returns the row's owner and
+            // whether it was in progress (it was removed unless that and not $2); no row when
+            // there was no live one.
             evict: format!(
                 "WITH target AS ( \
                    SELECT key, token, {in_progress} AS in_progress FROM {t} \
@@ -202,8 +202,7 @@ impl Statements {
                    DELETE FROM {t} WHERE key IN (SELECT key FROM target WHERE $2 OR NOT in_progress) \
                    RETURNING key, watched \
                  ), woken AS (SELECT pg_notify($3, encode(key, 'hex')) FROM gone WHERE watched) \
-                 SELECT token, in_progress, EXISTS (SELECT 1 FROM gone) AS removed, \
-                        (SELECT count(*) FROM woken) AS woken \
+                 SELECT token, in_progress, (SELECT count(*) FROM woken) AS woken \
                  FROM target"
             ),
         }

@@ -11,10 +11,8 @@ use bytes::Bytes;
 
 use super::RedisStore;
 use super::errors::{map_error, unexpected_reply};
-use super::layout::{CLAIMED, COMPLETED, HEADER_LEN, VERSION, corrupt, decode};
-use crate::store::{
-    Evict, Evicted, KeyInfo, KeyState, LookupOptions, OwnerToken, Record, StoreError, StoreKey,
-};
+use super::layout::{HEADER_LEN, completed_fingerprint, corrupt, decode};
+use crate::store::{Entry, Evict, Evicted, KeyInfo, KeyState, LookupOptions, StoreError, StoreKey};
 
 /// The most of a value a lookup without the response reads: the header, and the record's head
 /// up to its fingerprint (magic, version, flags, 32 bytes), which holds a whole claim too.
@@ -84,36 +82,26 @@ where
             .invoke_async(&mut connection)
             .await
             .map_err(map_error)?;
-        let (value, pttl, whole) = match reply {
-            Value::Nil => return Ok(None),
-            Value::Array(items) => match <[Value; 3]>::try_from(items) {
-                Ok(
-                    [
-                        Value::BulkString(value),
-                        Value::Int(pttl),
-                        Value::Int(length),
-                    ],
-                ) => {
-                    let whole = usize::try_from(length) == Ok(value.len());
-                    (Bytes::from(value), pttl, whole)
-                }
-                Ok(other) => return Err(unexpected_reply(&Value::Array(other.into()))),
-                Err(items) => return Err(unexpected_reply(&Value::Array(items))),
-            },
-            other => return Err(unexpected_reply(&other)),
+        if reply == Value::Nil {
+            return Ok(None);
+        }
+        let (value, pttl, whole) = match items(reply)? {
+            [
+                Value::BulkString(value),
+                Value::Int(pttl),
+                Value::Int(length),
+            ] => {
+                let whole = usize::try_from(length) == Ok(value.len());
+                (Bytes::from(value), pttl, whole)
+            }
+            other => return Err(unexpected_reply(&Value::Array(other.into()))),
         };
         let info = if whole {
             // The whole value: a claim, a tombstone, a small record, or the record asked for.
             KeyInfo::from_entry(decode(value)?, options)
         } else {
             // The head of a completed record: its fingerprint, not its response.
-            if value[0] != VERSION || value[1] != COMPLETED {
-                return Err(corrupt("a long value that is not a record"));
-            }
-            KeyInfo::new(
-                KeyState::Completed,
-                Record::fingerprint_of(&value[HEADER_LEN..]),
-            )
+            KeyInfo::new(KeyState::Completed, completed_fingerprint(&value)?)
         };
         // -1: no expiry, which the store never writes.
         Ok(Some(match u64::try_from(pttl) {
@@ -135,19 +123,14 @@ where
             .invoke_async(&mut connection)
             .await
             .map_err(map_error)?;
-        let Value::Array(items) = reply else {
-            return Err(unexpected_reply(&reply));
+        let (outcome, head) = match items(reply)? {
+            [Value::BulkString(outcome), Value::BulkString(head)] => (outcome, head),
+            other => return Err(unexpected_reply(&Value::Array(other.into()))),
         };
-        let (outcome, head) = match <[Value; 2]>::try_from(items) {
-            Ok([Value::BulkString(outcome), Value::BulkString(head)]) => (outcome, head),
-            Ok(other) => return Err(unexpected_reply(&Value::Array(other.into()))),
-            Err(items) => return Err(unexpected_reply(&Value::Array(items))),
-        };
-        let owner = || match head.get(..HEADER_LEN) {
-            Some([VERSION, CLAIMED, token @ ..]) => {
-                Ok(OwnerToken::from_bytes(token.try_into().expect("16 bytes")))
-            }
-            _ => Err(corrupt("a claim without its token")),
+        // The record's first 18 bytes, which decode as a claim without its fingerprint.
+        let owner = || match decode(Bytes::from(head))? {
+            Entry::InProgress { token, .. } => Ok(token),
+            Entry::Completed(_) => Err(corrupt("a claim without its token")),
         };
         match outcome.as_slice() {
             b"nothing" => Ok(Evicted::Nothing),
@@ -156,5 +139,15 @@ where
             b"refused" => Ok(Evicted::Refused { owner: owner()? }),
             _ => Err(unexpected_reply(&Value::BulkString(outcome))),
         }
+    }
+}
+
+/// A script's array reply of exactly `N` items.
+fn items<const N: usize>(reply: Value) -> Result<[Value; N], StoreError> {
+    match reply {
+        Value::Array(items) => {
+            <[Value; N]>::try_from(items).map_err(|items| unexpected_reply(&Value::Array(items)))
+        }
+        other => Err(unexpected_reply(&other)),
     }
 }

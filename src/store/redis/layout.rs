@@ -80,6 +80,17 @@ pub(super) fn decode(value: Bytes) -> Result<Entry, StoreError> {
     }
 }
 
+/// The fingerprint in the head of a completed value read without its response (its first
+/// bytes: header, then the record's head up to its fingerprint).
+pub(super) fn completed_fingerprint(head: &[u8]) -> Result<Option<Fingerprint>, StoreError> {
+    match head {
+        [VERSION, COMPLETED, ..] if head.len() >= HEADER_LEN => {
+            Ok(Record::fingerprint_of(&head[HEADER_LEN..]))
+        }
+        _ => Err(corrupt("a cut value that is not a record")),
+    }
+}
+
 /// Why a stored value could not be decoded.
 #[derive(Debug)]
 struct LayoutError(&'static str);
