@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower_idempotency::IdempotencyLayer;
 use tower_idempotency::store::{
-    Evict, Evicted, KeyState, LookupOptions, MemoryStore, OwnerToken, Store,
+    Evict, Evicted, KeyState, LookupOptions, MemoryStore, OwnerToken, Store, StoreError, StoreKey,
 };
 
 /// The authenticated customer, put into the request by [`authenticate`].
@@ -80,11 +81,7 @@ async fn authenticate(mut req: Request, next: Next) -> Response {
             req.extensions_mut().insert(User(user));
             next.run(req).await
         }
-        None => problem(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "send a user's bearer token",
-        ),
+        None => unauthenticated("send a user's bearer token"),
     }
 }
 
@@ -93,12 +90,12 @@ async fn require_admin(State(admin): State<Admin>, req: Request, next: Next) -> 
     if bearer(req.headers()) == Some(admin.token.as_str()) {
         next.run(req).await
     } else {
-        problem(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "send the admin token",
-        )
+        unauthenticated("send the admin token")
     }
+}
+
+fn unauthenticated(detail: &str) -> Response {
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail.into()).into_response()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -143,35 +140,60 @@ struct KeyView {
     response: Option<serde_json::Value>,
 }
 
+/// The customer's key, as the layer filed it: the `{user}` of the path is the scope, and the
+/// request carries the customer's `Idempotency-Key` exactly as it was sent, parsed as the layer
+/// parses it.
+struct CustomerKey(StoreKey);
+
+impl FromRequestParts<Admin> for CustomerKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, admin: &Admin) -> Result<Self, Problem> {
+        let invalid = |kind, detail: String| Problem::new(StatusCode::BAD_REQUEST, kind, detail);
+        let Path(user) = Path::<String>::from_request_parts(parts, admin)
+            .await
+            .map_err(|e| invalid("invalid-path", e.to_string()))?;
+        let header = parts
+            .headers
+            .get("idempotency-key")
+            .ok_or_else(|| invalid("missing-key", "send the customer's Idempotency-Key".into()))?;
+        let key = admin
+            .layer
+            .store_key(Some(&user), header)
+            .map_err(|e| invalid("invalid-key", e.to_string()))?;
+        Ok(Self(key))
+    }
+}
+
+/// A store error, for an operator.
+fn unavailable(e: StoreError) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-error",
+        e.to_string(),
+    )
+}
+
 /// `GET /admin/keys/{user}` with the customer's `Idempotency-Key`.
 async fn lookup(
     State(admin): State<Admin>,
-    Path(user): Path<String>,
+    CustomerKey(key): CustomerKey,
     Query(query): Query<LookupQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let key = match store_key(&admin, &user, &headers) {
-        Ok(key) => key,
-        Err(problem) => return problem.into_response(),
-    };
+) -> Result<Json<KeyView>, Problem> {
     let options = LookupOptions::new().with_response(query.response);
-    let info = match admin.layer.store().lookup(&key, options).await {
-        Ok(Some(info)) => info,
-        Ok(None) => {
-            return problem(
+    let info = admin
+        .layer
+        .store()
+        .lookup(&key, options)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| {
+            Problem::new(
                 StatusCode::NOT_FOUND,
                 "unknown-key",
-                "no such key (or expired)",
-            );
-        }
-        Err(e) => {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-error",
-                &e.to_string(),
-            );
-        }
-    };
+                "no such key (or expired)".into(),
+            )
+        })?;
     let owner = match info.state() {
         KeyState::InProgress { owner } => Some(owner.to_string()),
         _ => None,
@@ -183,83 +205,40 @@ async fn lookup(
             "body": String::from_utf8_lossy(&stored.body),
         }))
     });
-    let view = KeyView {
+    Ok(Json(KeyView {
         state: info.state().as_str(),
         owner,
         fingerprint: info.fingerprint().map(|fp| fp.to_hex()),
         expires_in_ms: info.expires_in().map(|d| d.as_millis()),
         response,
-    };
-    Json(view).into_response()
+    }))
 }
 
 /// `DELETE /admin/keys/{user}` with the customer's `Idempotency-Key`; `?force=true` for a claim.
 async fn evict(
     State(admin): State<Admin>,
-    Path(user): Path<String>,
+    CustomerKey(key): CustomerKey,
     Query(query): Query<EvictQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let key = match store_key(&admin, &user, &headers) {
-        Ok(key) => key,
-        Err(problem) => return problem.into_response(),
-    };
+) -> Result<Response, Problem> {
     let how = if query.force {
         Evict::Force
     } else {
         Evict::CompletedOnly
     };
-    let evicted = match admin.layer.store().evict(&key, how).await {
-        Ok(evicted) => evicted,
-        Err(e) => {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-error",
-                &e.to_string(),
-            );
-        }
-    };
-    let status = match evicted {
-        Evicted::Nothing => StatusCode::NOT_FOUND,
-        Evicted::Refused { .. } => StatusCode::CONFLICT,
-        _ => StatusCode::OK,
-    };
-    let owner = match evicted {
-        Evicted::Claim { owner } | Evicted::Refused { owner } => Some(owner.to_string()),
-        _ => None,
+    let evicted = admin
+        .layer
+        .store()
+        .evict(&key, how)
+        .await
+        .map_err(unavailable)?;
+    let (status, owner) = match evicted {
+        Evicted::Nothing => (StatusCode::NOT_FOUND, None),
+        Evicted::Refused { owner } => (StatusCode::CONFLICT, Some(owner.to_string())),
+        Evicted::Claim { owner } => (StatusCode::OK, Some(owner.to_string())),
+        _ => (StatusCode::OK, None),
     };
     let body = json!({ "evicted": evicted.as_str(), "owner": owner });
-    (status, Json(body)).into_response()
-}
-
-/// The key the layer filed the customer's request under: scoped by the user, parsed as the layer
-/// parses the header.
-fn store_key(
-    admin: &Admin,
-    user: &str,
-    headers: &HeaderMap,
-) -> Result<tower_idempotency::store::StoreKey, Problem> {
-    let invalid = |kind, detail: String| Problem {
-        status: StatusCode::BAD_REQUEST,
-        kind,
-        detail,
-    };
-    let header = headers
-        .get("idempotency-key")
-        .ok_or_else(|| invalid("missing-key", "send the customer's Idempotency-Key".into()))?;
-    admin
-        .layer
-        .store_key(Some(user), header)
-        .map_err(|e| invalid("invalid-key", e.to_string()))
-}
-
-fn problem(status: StatusCode, kind: &'static str, detail: &str) -> Response {
-    Problem {
-        status,
-        kind,
-        detail: detail.to_owned(),
-    }
-    .into_response()
+    Ok((status, Json(body)).into_response())
 }
 
 /// An error answered as `application/problem+json`.
@@ -267,6 +246,16 @@ struct Problem {
     status: StatusCode,
     kind: &'static str,
     detail: String,
+}
+
+impl Problem {
+    fn new(status: StatusCode, kind: &'static str, detail: String) -> Self {
+        Self {
+            status,
+            kind,
+            detail,
+        }
+    }
 }
 
 impl IntoResponse for Problem {
