@@ -16,9 +16,10 @@
 //!   record (and the tombstone).
 //!
 //! Raw does no HTTP, no hashing and no decoding: it is the client's share of the work alone.
-//! Before timing, a counting connection checks that the layer and raw make the same round
-//! trips with the same number of commands: per first execution 2 round trips, of 3 commands
-//! (script) or 4 (`SET … IFEQ`); per replay 1 round trip of 2 commands.
+//! Before timing, a counting connection checks that the layer (over the stores the rows time)
+//! and raw make the same round trips, of the same commands with the same keywords and arguments
+//! of the same sizes: per first execution 2 round trips, of 3 commands (script) or 4
+//! (`SET … IFEQ`); per replay 1 round trip of 2 commands.
 //!
 //! Besides raw, every layered row is also timed against the bare handler (the same axum router
 //! and requests, no layer, no Redis), and a replay row with in-process coalescing off against
@@ -34,8 +35,8 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -43,7 +44,7 @@ use common::remote::{self, Layered, Request};
 use common::{Ratio, Target};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Arg, Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::runtime::Runtime;
 use tower_idempotency::IdempotencyLayer;
 use tower_idempotency::record::Record;
@@ -54,34 +55,42 @@ const CONCURRENCY: [u64; 3] = [1, 8, 64];
 /// The lease the layer claims with by default (30 s), in milliseconds.
 const LEASE_MS: u64 = 30_000;
 
-/// A connection that counts the round trips and the commands sent through it.
+/// A connection that writes down what is sent through it: how often each round trip, as the
+/// [`shape`] of each of its commands, was sent.
 #[derive(Clone)]
 struct Counting {
     inner: MultiplexedConnection,
-    round_trips: Arc<AtomicU64>,
-    commands: Arc<AtomicU64>,
+    sent: Arc<Mutex<BTreeMap<Vec<String>, u64>>>,
 }
 
 impl Counting {
     fn new(inner: &MultiplexedConnection) -> Self {
         Self {
             inner: inner.clone(),
-            round_trips: Arc::default(),
-            commands: Arc::default(),
+            sent: Arc::default(),
         }
     }
 
-    /// Round trips and commands per request since the last call, for `n` requests.
-    fn take(&self, n: u64) -> (f64, f64) {
-        let per = |c: &AtomicU64| c.swap(0, Ordering::Relaxed) as f64 / n as f64;
-        (per(&self.round_trips), per(&self.commands))
+    fn log<'a>(&self, commands: impl Iterator<Item = &'a Cmd>) {
+        let round_trip = commands.map(shape).collect();
+        *self
+            .sent
+            .lock()
+            .expect("not poisoned")
+            .entry(round_trip)
+            .or_default() += 1;
+    }
+
+    /// What was sent since the last call, by `n` requests.
+    fn take(&self, n: u64) -> Sent {
+        let round_trips = std::mem::take(&mut *self.sent.lock().expect("not poisoned"));
+        Sent { n, round_trips }
     }
 }
 
 impl ConnectionLike for Counting {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.commands.fetch_add(1, Ordering::Relaxed);
+        self.log(std::iter::once(cmd));
         self.inner.req_packed_command(cmd)
     }
 
@@ -91,14 +100,53 @@ impl ConnectionLike for Counting {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.commands
-            .fetch_add(pipeline.len() as u64, Ordering::Relaxed);
+        self.log(pipeline.cmd_iter());
         self.inner.req_packed_commands(pipeline, offset, count)
     }
 
     fn get_db(&self) -> i64 {
         self.inner.get_db()
+    }
+}
+
+/// A command as the counting check compares it: keywords as they are, keys (every key of this
+/// bench starts with `bench:`) as `K`, any other argument as its length, e.g.
+/// `SET K <50> NX PX <5> GET`. Two commands of the same shape differ only in their keys and in
+/// the bytes of values of the same sizes.
+fn shape(cmd: &Cmd) -> String {
+    let arg = |arg: Arg<&[u8]>| match arg {
+        Arg::Simple(a) if a.starts_with(b"bench:") => "K".to_owned(),
+        Arg::Simple(a) if !a.is_empty() && a.iter().all(u8::is_ascii_uppercase) => {
+            String::from_utf8_lossy(a).into_owned()
+        }
+        Arg::Simple(a) => format!("<{}>", a.len()),
+        // A cursor (`SCAN`), which this bench never sends.
+        _ => "<cursor>".to_owned(),
+    };
+    cmd.args_iter().map(arg).collect::<Vec<_>>().join(" ")
+}
+
+/// What `n` requests sent: how often each round trip (its commands' shapes) was sent.
+#[derive(PartialEq, Debug)]
+struct Sent {
+    n: u64,
+    round_trips: BTreeMap<Vec<String>, u64>,
+}
+
+impl Sent {
+    /// Round trips per request.
+    fn round_trips(&self) -> f64 {
+        self.round_trips.values().sum::<u64>() as f64 / self.n as f64
+    }
+
+    /// Commands per request.
+    fn commands(&self) -> f64 {
+        let commands: u64 = self
+            .round_trips
+            .iter()
+            .map(|(round_trip, times)| round_trip.len() as u64 * times)
+            .sum();
+        commands as f64 / self.n as f64
     }
 }
 
@@ -285,49 +333,50 @@ fn raw_completed(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw
     key
 }
 
-/// Round trips and commands per first execution and per replay, through the layer and raw.
+/// What a first execution and a replay send, through the layer and raw.
 struct Counts {
-    layered: [(f64, f64); 2],
-    raw: [(f64, f64); 2],
+    layered: [Sent; 2],
+    raw: [Sent; 2],
 }
 
-/// Counts what the layer and raw send (after one request of each kind, which loads the
-/// scripts and asks the server which `complete` it takes), and checks that they agree.
+/// Counts what the layer (over the stores the rows time) and raw send, after one request of
+/// each kind (which loads the scripts and asks the server which `complete` it takes), and
+/// checks that they send the same round trips, of commands of the same shapes.
 fn counts(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> Counts {
     const N: u64 = 200;
     let counting = Counting::new(connection);
-    let store = RedisStore::new(counting.clone(), common::REDIS_TTL)
-        .with_key_ttl(common::REDIS_KEY_TTL)
-        .with_prefix(format!("bench:{}:", common::fresh_prefix()));
-    let (router, _) = common::layered(store, 1);
-    let first = Layered::new(rt, router.clone(), Request::First);
-    first.run(rt, 1, 1);
-    counting.take(1);
-    first.run(rt, 1, N);
-    let layered_first = counting.take(N);
-    let replay = Layered::new(rt, router, Request::Replay);
-    counting.take(1);
-    replay.run(rt, 1, N);
-    let layered_replay = counting.take(N);
-
-    raw_batch(rt, &counting, raw, Request::First, "", 1, 1);
+    let layered_sends = |request| {
+        let layered = Layered::new(rt, router(&counting, true, request), request);
+        layered.run(rt, 1, 1);
+        counting.take(1);
+        layered.run(rt, 1, N);
+        counting.take(N)
+    };
     let replayed = raw_completed(rt, connection, raw);
-    counting.take(1);
-    raw_batch(rt, &counting, raw, Request::First, "", 1, N);
-    let raw_first = counting.take(N);
-    raw_batch(rt, &counting, raw, Request::Replay, &replayed, 1, N);
-    let raw_replay = counting.take(N);
-
+    let raw_sends = |request| {
+        raw_batch(rt, &counting, raw, request, &replayed, 1, 1);
+        counting.take(1);
+        raw_batch(rt, &counting, raw, request, &replayed, 1, N);
+        counting.take(N)
+    };
     let counts = Counts {
-        layered: [layered_first, layered_replay],
-        raw: [raw_first, raw_replay],
+        layered: [
+            layered_sends(Request::First),
+            layered_sends(Request::Replay),
+        ],
+        raw: [raw_sends(Request::First), raw_sends(Request::Replay)],
     };
     assert_eq!(counts.layered, counts.raw, "raw sends what the layer sends");
     assert_eq!(
-        counts.layered[0].0, 2.0,
+        counts.layered[0].round_trips(),
+        2.0,
         "two round trips per first execution"
     );
-    assert_eq!(counts.layered[1].0, 1.0, "one round trip per replay");
+    assert_eq!(
+        counts.layered[1].round_trips(),
+        1.0,
+        "one round trip per replay"
+    );
     counts
 }
 
@@ -338,10 +387,7 @@ const REPLAY_TTL: Duration = Duration::from_secs(600);
 
 /// A store under a prefix of its own on `connection`: [`common::redis_store`] for first
 /// executions, with records kept for [`REPLAY_TTL`] for replays.
-fn store(
-    connection: &MultiplexedConnection,
-    request: Request,
-) -> RedisStore<MultiplexedConnection> {
+fn store<C: Clone>(connection: &C, request: Request) -> RedisStore<C> {
     match request {
         Request::First => common::redis_store(connection),
         Request::Replay => RedisStore::new(connection.clone(), REPLAY_TTL)
@@ -351,7 +397,10 @@ fn store(
 }
 
 /// The layered router for `request`s over a fresh store on `connection`, coalescing or not.
-fn router(connection: &MultiplexedConnection, coalesce: bool, request: Request) -> axum::Router {
+fn router<C>(connection: &C, coalesce: bool, request: Request) -> axum::Router
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     let layer = IdempotencyLayer::new(store(connection, request)).coalesce(coalesce);
     common::layered_with(layer, 1).0
 }
@@ -628,7 +677,9 @@ fn main() {
     if common::benchmarking() {
         let met = |n: f64, want: f64| if n == want { "yes" } else { "**no**" };
         let row = |name: &str, i: usize, want: f64| {
-            let ((trips, commands), (raw_trips, raw_commands)) = (counts.layered[i], counts.raw[i]);
+            let (layered, raw) = (&counts.layered[i], &counts.raw[i]);
+            let (trips, commands) = (layered.round_trips(), layered.commands());
+            let (raw_trips, raw_commands) = (raw.round_trips(), raw.commands());
             format!(
                 "| {name} | {trips:.2} | {commands:.2} | {raw_trips:.2} | {raw_commands:.2} | {want} | {} |\n",
                 met(trips, want)
