@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::remote::{self, Layered, Request};
-use common::{Ratio, Target};
+use common::{Executions, Ratio, Target};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Arg, Cmd, Pipeline, RedisFuture, Script, Value};
@@ -396,13 +396,14 @@ fn store<C: Clone>(connection: &C, request: Request) -> RedisStore<C> {
     }
 }
 
-/// The layered router for `request`s over a fresh store on `connection`, coalescing or not.
-fn router<C>(connection: &C, coalesce: bool, request: Request) -> axum::Router
+/// The layered router for `request`s over a fresh store on `connection`, coalescing or not,
+/// and its handler's executions.
+fn router<C>(connection: &C, coalesce: bool, request: Request) -> (axum::Router, Executions)
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let layer = IdempotencyLayer::new(store(connection, request)).coalesce(coalesce);
-    common::layered_with(layer, 1).0
+    common::layered_with(layer, 1)
 }
 
 fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) {

@@ -15,7 +15,7 @@ use tower_idempotency::fingerprint::Fingerprint;
 use tower_idempotency::record::{Record, StoredResponse};
 use tower_idempotency::store::{Begin, OwnerToken, Store, StoreKey};
 
-use super::{Key, Kind, Load, Paired};
+use super::{Executions, Key, Kind, Load, Paired};
 
 /// The key every replay row asks for (client key, no scope).
 pub(crate) const REPLAYED: &str = "replayed";
@@ -101,15 +101,23 @@ pub(crate) fn store_completed<S: Store + Send + Sync + 'static>(rt: &Runtime, st
 
 /// The layered side of a row: a router behind the layer, sending first executions under fresh
 /// keys for every batch, or replays of [`REPLAYED`] (completed through the router when made).
+/// After every batch it checks that the handler ran once per first execution and never for a
+/// replay.
 #[derive(Clone)]
 pub(crate) struct Layered {
     load: Load,
     request: Request,
+    executions: Executions,
 }
 
 impl Layered {
-    /// `router` (layered over a remote store) sending `request`s.
-    pub(crate) fn new(rt: &Runtime, router: Router, request: Request) -> Self {
+    /// `router` (layered over a remote store, counting its handler's `executions`, as
+    /// [`super::layered`] makes it) sending `request`s.
+    pub(crate) fn new(
+        rt: &Runtime,
+        (router, executions): (Router, Executions),
+        request: Request,
+    ) -> Self {
         let load = match request {
             Request::First => Load::post(router, Key::Fresh(super::fresh_prefix())),
             Request::Replay => {
@@ -118,16 +126,28 @@ impl Layered {
                 load
             }
         };
-        Self { load, request }
+        Self {
+            load,
+            request,
+            executions,
+        }
     }
 
     /// `n` requests from `tasks` tasks (fresh keys for each batch of first executions); the
     /// wall time.
     pub(crate) fn run(&self, rt: &Runtime, tasks: u64, n: u64) -> Duration {
-        match self.request {
-            Request::First => super::drive(rt, &self.load.fresh(), tasks, n),
-            Request::Replay => super::drive(rt, &self.load, tasks, n),
-        }
+        let before = self.executions.total();
+        let (took, ran) = match self.request {
+            Request::First => (super::drive(rt, &self.load.fresh(), tasks, n), n),
+            Request::Replay => (super::drive(rt, &self.load, tasks, n), 0),
+        };
+        assert_eq!(
+            self.executions.total() - before,
+            ran,
+            "{:?}: handler executions in a batch of {n}",
+            self.request
+        );
+        took
     }
 }
 
