@@ -429,7 +429,7 @@ fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection, ra
             match request {
                 Request::First => {
                     group.bench_with_input(BenchmarkId::new("bare", tasks), &tasks, |b, &tasks| {
-                        b.iter_custom(|iters| remote::bare(rt, tasks, iters));
+                        b.iter_custom(|iters| remote::bare(rt, Request::First, tasks, iters));
                     });
                 }
                 Request::Replay => {
@@ -634,7 +634,7 @@ fn profile(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> 
             let replayed = raw_completed(rt, connection, raw);
             raw_batch(rt, connection, raw, Request::Replay, &replayed, tasks, n)
         }
-        "bare" => remote::bare(rt, tasks, n),
+        "bare" => remote::bare(rt, Request::First, tasks, n),
         other => panic!(
             "PROFILE_LOAD must be one of layered_first, layered_replay, no_coalescing_replay, \
              raw_first, raw_replay, bare; not {other:?}"

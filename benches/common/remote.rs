@@ -37,6 +37,15 @@ impl Request {
             Self::Replay => format!("{store}_replay"),
         }
     }
+
+    /// The `Idempotency-Key` of this request's load: a fresh one per request (`{prefix}-{n}`),
+    /// or [`REPLAYED`].
+    fn key(self) -> Key {
+        match self {
+            Self::First => Key::Fresh(super::fresh_prefix()),
+            Self::Replay => Key::Fixed(HeaderValue::from_static(REPLAYED)),
+        }
+    }
 }
 
 /// A record of the baseline's response (`201`, `Content-Type`, the 256-byte body), as the layer
@@ -118,14 +127,10 @@ impl Layered {
         (router, executions): (Router, Executions),
         request: Request,
     ) -> Self {
-        let load = match request {
-            Request::First => Load::post(router, Key::Fresh(super::fresh_prefix())),
-            Request::Replay => {
-                let load = Load::post(router, Key::Fixed(HeaderValue::from_static(REPLAYED)));
-                super::drive(rt, &load, 1, 1);
-                load
-            }
-        };
+        let load = Load::post(router, request.key());
+        if request == Request::Replay {
+            super::drive(rt, &load, 1, 1);
+        }
         Self {
             load,
             request,
@@ -151,16 +156,12 @@ impl Layered {
     }
 }
 
-/// The bare handler: the same router and requests with no layer and no store (the key header
-/// is ignored), the baseline of the "against the bare handler" rows.
-pub(crate) fn bare(rt: &Runtime, tasks: u64, n: u64) -> Duration {
+/// The bare handler: the same router and requests of `request` (with the same key header,
+/// which it ignores) with no layer and no store, the baseline of the "against the bare handler"
+/// rows.
+pub(crate) fn bare(rt: &Runtime, request: Request, tasks: u64, n: u64) -> Duration {
     let (router, _) = super::baseline(1);
-    super::drive(
-        rt,
-        &Load::post(router, Key::Fresh(super::fresh_prefix())),
-        tasks,
-        n,
-    )
+    super::drive(rt, &Load::post(router, request.key()), tasks, n)
 }
 
 /// `layered` against `raw`, in pairs, as throughputs (layered / raw), at `tasks` tasks; `id` is
@@ -178,7 +179,8 @@ pub(crate) fn paired_with_raw(
     })
 }
 
-/// `layered` against the bare handler, in pairs, as times (layered / bare), at `tasks` tasks.
+/// `layered` against the bare handler sending the same requests, in pairs, as times (layered /
+/// bare), at `tasks` tasks.
 pub(crate) fn paired_with_bare(
     rt: &Runtime,
     id: &str,
@@ -190,7 +192,7 @@ pub(crate) fn paired_with_bare(
         id,
         since,
         Kind::Time,
-        |n| bare(rt, tasks, n),
+        |n| bare(rt, layered.request, tasks, n),
         |n| layered.run(rt, tasks, n),
     )
 }
