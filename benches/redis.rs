@@ -288,49 +288,57 @@ impl Raw {
     }
 }
 
-/// `n` raw requests from `tasks` tasks (first executions under a prefix of their own, replays of
-/// `replayed`); the wall time.
-fn raw_batch<C>(
-    rt: &Runtime,
-    connection: &C,
-    raw: &Arc<Raw>,
-    request: Request,
-    replayed: &str,
-    tasks: u64,
-    n: u64,
-) -> Duration
+/// The raw side of a row on a connection: first executions under fresh keys, or replays of a
+/// raw key of its own (completed when made, kept for [`REPLAY_TTL`]).
+struct RawSide<C> {
+    connection: C,
+    raw: Arc<Raw>,
+    /// The completed key, for replays; `None` for first executions.
+    replayed: Option<String>,
+}
+
+impl<C> RawSide<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let (connection, raw) = (connection.clone(), Arc::clone(raw));
-    let (prefix, replayed) = (common::fresh_prefix(), replayed.to_owned());
-    common::drive_fn(rt, tasks, n, move |i| {
-        let (mut connection, raw) = (connection.clone(), Arc::clone(&raw));
-        let key = match request {
-            Request::First => Raw::key(&prefix, i),
-            Request::Replay => replayed.clone(),
-        };
-        async move {
-            match request {
-                Request::First => {
+    fn new(rt: &Runtime, connection: &C, raw: &Arc<Raw>, request: Request) -> Self {
+        let replayed = (request == Request::Replay).then(|| {
+            let key = Raw::key(&common::fresh_prefix(), 0);
+            let (mut connection, raw, k) = (connection.clone(), Arc::clone(raw), key.clone());
+            common::on_runtime(rt, async move {
+                raw.first(&mut connection, &k, REPLAY_TTL, REPLAY_TTL * 2)
+                    .await;
+            });
+            key
+        });
+        Self {
+            connection: connection.clone(),
+            raw: Arc::clone(raw),
+            replayed,
+        }
+    }
+
+    /// `n` requests from `tasks` tasks (first executions under a prefix of their own); the
+    /// wall time.
+    fn run(&self, rt: &Runtime, tasks: u64, n: u64) -> Duration {
+        let (connection, raw) = (self.connection.clone(), Arc::clone(&self.raw));
+        let (prefix, replayed) = (common::fresh_prefix(), self.replayed.clone());
+        common::drive_fn(rt, tasks, n, move |i| {
+            let (mut connection, raw) = (connection.clone(), Arc::clone(&raw));
+            let (replay, key) = match &replayed {
+                Some(key) => (true, key.clone()),
+                None => (false, Raw::key(&prefix, i)),
+            };
+            async move {
+                if replay {
+                    raw.replay(&mut connection, &key).await;
+                } else {
                     let (ttl, key_ttl) = (common::REDIS_TTL, common::REDIS_KEY_TTL);
                     raw.first(&mut connection, &key, ttl, key_ttl).await;
                 }
-                Request::Replay => raw.replay(&mut connection, &key).await,
             }
-        }
-    })
-}
-
-/// Completes a raw key of its own for raw's replays (kept for [`REPLAY_TTL`]); the key.
-fn raw_completed(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> String {
-    let key = Raw::key(&common::fresh_prefix(), 0);
-    let (mut connection, raw, k) = (connection.clone(), Arc::clone(raw), key.clone());
-    common::on_runtime(rt, async move {
-        raw.first(&mut connection, &k, REPLAY_TTL, REPLAY_TTL * 2)
-            .await;
-    });
-    key
+        })
+    }
 }
 
 /// What a first execution and a replay send, through the layer and raw.
@@ -345,19 +353,19 @@ struct Counts {
 fn counts(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> Counts {
     const N: u64 = 200;
     let counting = Counting::new(connection);
-    let layered_sends = |request| {
-        let layered = Layered::new(rt, router(&counting, true, request), request);
-        layered.run(rt, 1, 1);
+    let sends = |run: &dyn Fn(u64) -> Duration| {
+        run(1);
         counting.take(1);
-        layered.run(rt, 1, N);
+        run(N);
         counting.take(N)
     };
-    let replayed = raw_completed(rt, connection, raw);
+    let layered_sends = |request| {
+        let layered = Layered::new(rt, router(&counting, true, request), request);
+        sends(&|n| layered.run(rt, 1, n))
+    };
     let raw_sends = |request| {
-        raw_batch(rt, &counting, raw, request, &replayed, 1, 1);
-        counting.take(1);
-        raw_batch(rt, &counting, raw, request, &replayed, 1, N);
-        counting.take(N)
+        let raw_side = RawSide::new(rt, &counting, raw, request);
+        sends(&|n| raw_side.run(rt, 1, n))
     };
     let counts = Counts {
         layered: [
@@ -416,14 +424,14 @@ fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection, ra
                 b.iter_custom(|iters| layered.run(rt, tasks, iters));
             });
             group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
-                let replayed = raw_completed(rt, connection, raw);
-                b.iter_custom(|iters| {
-                    raw_batch(rt, connection, raw, request, &replayed, tasks, iters)
-                });
+                let raw_side = RawSide::new(rt, connection, raw, request);
+                b.iter_custom(|iters| raw_side.run(rt, tasks, iters));
             });
             group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
                 let store = Arc::new(store(connection, request));
-                remote::store_completed(rt, &store);
+                if request == Request::Replay {
+                    remote::store_completed(rt, &store);
+                }
                 b.iter_custom(|iters| remote::store_batch(rt, &store, request, tasks, iters));
             });
             match request {
@@ -492,9 +500,9 @@ fn ratios(
             let s = if tasks == 1 { "" } else { "s" };
             let layered = Layered::new(rt, router(connection, true, request), request);
             let id = format!("{group}/layered/{tasks}");
-            let replayed = raw_completed(rt, connection, raw);
+            let raw_side = RawSide::new(rt, connection, raw, request);
             let against_raw = remote::paired_with_raw(rt, &id, since, &layered, tasks, |n| {
-                raw_batch(rt, connection, raw, request, &replayed, tasks, n)
+                raw_side.run(rt, tasks, n)
             });
             let (raw_target, bare_target) = match (request, tasks) {
                 (_, 1) => (Target::None, Target::None),
@@ -629,11 +637,8 @@ fn profile(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> 
         "layered_first" => layered(true, Request::First).run(rt, tasks, n),
         "layered_replay" => layered(true, Request::Replay).run(rt, tasks, n),
         "no_coalescing_replay" => layered(false, Request::Replay).run(rt, tasks, n),
-        "raw_first" => raw_batch(rt, connection, raw, Request::First, "", tasks, n),
-        "raw_replay" => {
-            let replayed = raw_completed(rt, connection, raw);
-            raw_batch(rt, connection, raw, Request::Replay, &replayed, tasks, n)
-        }
+        "raw_first" => RawSide::new(rt, connection, raw, Request::First).run(rt, tasks, n),
+        "raw_replay" => RawSide::new(rt, connection, raw, Request::Replay).run(rt, tasks, n),
         "bare" => remote::bare(rt, Request::First, tasks, n),
         other => panic!(
             "PROFILE_LOAD must be one of layered_first, layered_replay, no_coalescing_replay, \
