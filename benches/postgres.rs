@@ -215,12 +215,7 @@ fn main() {
     let mut ratios = Vec::new();
     for request in [Request::First, Request::Replay] {
         let group = request.group("postgres");
-        let what = match request {
-            Request::First => "first execution",
-            Request::Replay => "replay",
-        };
         for tasks in CONCURRENCY {
-            let s = if tasks == 1 { "" } else { "s" };
             let target = if tasks == 1 {
                 Target::None
             } else {
@@ -233,7 +228,7 @@ fn main() {
             });
             ratios.push(
                 Ratio::throughput(
-                    format!("{what}, PostgreSQL, {tasks} task{s} (throughput vs raw)"),
+                    format!("{} (throughput vs raw)", request.label("PostgreSQL", tasks)),
                     &id,
                     &format!("{group}/raw/{tasks}"),
                     target,

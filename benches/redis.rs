@@ -492,12 +492,8 @@ fn ratios(
     let mut ratios = Vec::new();
     for request in [Request::First, Request::Replay] {
         let group = request.group("redis");
-        let what = match request {
-            Request::First => "first execution",
-            Request::Replay => "replay",
-        };
         for tasks in CONCURRENCY {
-            let s = if tasks == 1 { "" } else { "s" };
+            let label = request.label("Redis", tasks);
             let layered = Layered::new(rt, router(connection, true, request), request);
             let id = format!("{group}/layered/{tasks}");
             let raw_side = RawSide::new(rt, connection, raw, request);
@@ -511,7 +507,7 @@ fn ratios(
             };
             ratios.push(
                 Ratio::throughput(
-                    format!("{what}, Redis, {tasks} task{s} (throughput vs raw)"),
+                    format!("{label} (throughput vs raw)"),
                     &id,
                     &format!("{group}/raw/{tasks}"),
                     raw_target,
@@ -526,7 +522,7 @@ fn ratios(
             ));
             ratios.push(
                 Ratio::time(
-                    format!("{what}, Redis, {tasks} task{s}: time vs the bare handler"),
+                    format!("{label}: time vs the bare handler"),
                     &id,
                     &format!("redis_first/bare/{tasks}"),
                     bare_target,

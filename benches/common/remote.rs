@@ -38,6 +38,16 @@ impl Request {
         }
     }
 
+    /// The start of a row's label: `first execution, <store>, 8 tasks`.
+    pub(crate) fn label(self, store: &str, tasks: u64) -> String {
+        let what = match self {
+            Self::First => "first execution",
+            Self::Replay => "replay",
+        };
+        let s = if tasks == 1 { "" } else { "s" };
+        format!("{what}, {store}, {tasks} task{s}")
+    }
+
     /// The `Idempotency-Key` of this request's load: a fresh one per request (`{prefix}-{n}`),
     /// or [`REPLAYED`].
     fn key(self) -> Key {
