@@ -167,12 +167,8 @@ fn bench(c: &mut Criterion, rt: &Runtime, pool: &PgPool, store: &PostgresStore, 
         group.throughput(Throughput::Elements(1));
         for tasks in CONCURRENCY {
             group.bench_with_input(BenchmarkId::new("layered", tasks), &tasks, |b, &tasks| {
-                let (router, executions) = common::layered(store.clone(), 1);
-                let layered = Layered::new(rt, router, request);
+                let layered = Layered::new(rt, common::layered(store.clone(), 1), request);
                 b.iter_custom(|iters| layered.run(rt, tasks, iters));
-                if request == Request::Replay {
-                    assert!(executions.total() <= 1, "one execution, replays since");
-                }
             });
             group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
                 b.iter_custom(|iters| raw_batch(rt, pool, raw, &record, request, tasks, iters));
@@ -212,32 +208,27 @@ fn main() {
     let raw = Arc::new(Raw::new(&table));
     // The completed key every replay reads (the layer's, the store's and raw's): the layer's,
     // with the baseline's response.
-    Layered::new(&rt, common::layered(store.clone(), 1).0, Request::Replay);
+    Layered::new(&rt, common::layered(store.clone(), 1), Request::Replay);
     let mut c = common::criterion();
     bench(&mut c, &rt, &pool, &store, &raw);
     let record = remote::record().as_bytes().clone();
     let mut ratios = Vec::new();
     for request in [Request::First, Request::Replay] {
         let group = request.group("postgres");
-        let what = match request {
-            Request::First => "first execution",
-            Request::Replay => "replay",
-        };
         for tasks in CONCURRENCY {
-            let s = if tasks == 1 { "" } else { "s" };
             let target = if tasks == 1 {
                 Target::None
             } else {
                 Target::AtLeast(0.85)
             };
             let id = format!("{group}/layered/{tasks}");
-            let layered = Layered::new(&rt, common::layered(store.clone(), 1).0, request);
+            let layered = Layered::new(&rt, common::layered(store.clone(), 1), request);
             let paired = remote::paired_with_raw(&rt, &id, since, &layered, tasks, |n| {
                 raw_batch(&rt, &pool, &raw, &record, request, tasks, n)
             });
             ratios.push(
                 Ratio::throughput(
-                    format!("{what}, PostgreSQL, {tasks} task{s} (throughput vs raw)"),
+                    format!("{} (throughput vs raw)", request.label("PostgreSQL", tasks)),
                     &id,
                     &format!("{group}/raw/{tasks}"),
                     target,

@@ -16,9 +16,10 @@
 //!   record (and the tombstone).
 //!
 //! Raw does no HTTP, no hashing and no decoding: it is the client's share of the work alone.
-//! Before timing, a counting connection checks that the layer and raw make the same round
-//! trips with the same number of commands: per first execution 2 round trips, of 3 commands
-//! (script) or 4 (`SET … IFEQ`); per replay 1 round trip of 2 commands.
+//! Before timing, a counting connection checks that the layer (over the stores the rows time)
+//! and raw make the same round trips, of the same commands with the same keywords and arguments
+//! of the same sizes: per first execution 2 round trips, of 3 commands (script) or 4
+//! (`SET … IFEQ`); per replay 1 round trip of 2 commands.
 //!
 //! Besides raw, every layered row is also timed against the bare handler (the same axum router
 //! and requests, no layer, no Redis), and a replay row with in-process coalescing off against
@@ -34,16 +35,16 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::remote::{self, Layered, Request};
-use common::{Ratio, Target};
+use common::{Executions, Ratio, Target};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Arg, Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::runtime::Runtime;
 use tower_idempotency::IdempotencyLayer;
 use tower_idempotency::record::Record;
@@ -54,34 +55,42 @@ const CONCURRENCY: [u64; 3] = [1, 8, 64];
 /// The lease the layer claims with by default (30 s), in milliseconds.
 const LEASE_MS: u64 = 30_000;
 
-/// A connection that counts the round trips and the commands sent through it.
+/// A connection that writes down what is sent through it: how often each round trip, as the
+/// [`shape`] of each of its commands, was sent.
 #[derive(Clone)]
 struct Counting {
     inner: MultiplexedConnection,
-    round_trips: Arc<AtomicU64>,
-    commands: Arc<AtomicU64>,
+    sent: Arc<Mutex<BTreeMap<Vec<String>, u64>>>,
 }
 
 impl Counting {
     fn new(inner: &MultiplexedConnection) -> Self {
         Self {
             inner: inner.clone(),
-            round_trips: Arc::default(),
-            commands: Arc::default(),
+            sent: Arc::default(),
         }
     }
 
-    /// Round trips and commands per request since the last call, for `n` requests.
-    fn take(&self, n: u64) -> (f64, f64) {
-        let per = |c: &AtomicU64| c.swap(0, Ordering::Relaxed) as f64 / n as f64;
-        (per(&self.round_trips), per(&self.commands))
+    fn log<'a>(&self, commands: impl Iterator<Item = &'a Cmd>) {
+        let round_trip = commands.map(shape).collect();
+        *self
+            .sent
+            .lock()
+            .expect("not poisoned")
+            .entry(round_trip)
+            .or_default() += 1;
+    }
+
+    /// What was sent since the last call, by `n` requests.
+    fn take(&self, n: u64) -> Sent {
+        let round_trips = std::mem::take(&mut *self.sent.lock().expect("not poisoned"));
+        Sent { n, round_trips }
     }
 }
 
 impl ConnectionLike for Counting {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.commands.fetch_add(1, Ordering::Relaxed);
+        self.log(std::iter::once(cmd));
         self.inner.req_packed_command(cmd)
     }
 
@@ -91,14 +100,53 @@ impl ConnectionLike for Counting {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.commands
-            .fetch_add(pipeline.len() as u64, Ordering::Relaxed);
+        self.log(pipeline.cmd_iter());
         self.inner.req_packed_commands(pipeline, offset, count)
     }
 
     fn get_db(&self) -> i64 {
         self.inner.get_db()
+    }
+}
+
+/// A command as the counting check compares it: keywords as they are, keys (every key of this
+/// bench starts with `bench:`) as `K`, any other argument as its length, e.g.
+/// `SET K <50> NX PX <5> GET`. Two commands of the same shape differ only in their keys and in
+/// the bytes of values of the same sizes.
+fn shape(cmd: &Cmd) -> String {
+    let arg = |arg: Arg<&[u8]>| match arg {
+        Arg::Simple(a) if a.starts_with(b"bench:") => "K".to_owned(),
+        Arg::Simple(a) if !a.is_empty() && a.iter().all(u8::is_ascii_uppercase) => {
+            String::from_utf8_lossy(a).into_owned()
+        }
+        Arg::Simple(a) => format!("<{}>", a.len()),
+        // A cursor (`SCAN`), which this bench never sends.
+        _ => "<cursor>".to_owned(),
+    };
+    cmd.args_iter().map(arg).collect::<Vec<_>>().join(" ")
+}
+
+/// What `n` requests sent: how often each round trip (its commands' shapes) was sent.
+#[derive(PartialEq, Debug)]
+struct Sent {
+    n: u64,
+    round_trips: BTreeMap<Vec<String>, u64>,
+}
+
+impl Sent {
+    /// Round trips per request.
+    fn round_trips(&self) -> f64 {
+        self.round_trips.values().sum::<u64>() as f64 / self.n as f64
+    }
+
+    /// Commands per request.
+    fn commands(&self) -> f64 {
+        let commands: u64 = self
+            .round_trips
+            .iter()
+            .map(|(round_trip, times)| round_trip.len() as u64 * times)
+            .sum();
+        commands as f64 / self.n as f64
     }
 }
 
@@ -240,94 +288,103 @@ impl Raw {
     }
 }
 
-/// `n` raw requests from `tasks` tasks (first executions under a prefix of their own, replays of
-/// `replayed`); the wall time.
-fn raw_batch<C>(
-    rt: &Runtime,
-    connection: &C,
-    raw: &Arc<Raw>,
-    request: Request,
-    replayed: &str,
-    tasks: u64,
-    n: u64,
-) -> Duration
+/// The raw side of a row on a connection: first executions under fresh keys, or replays of a
+/// raw key of its own (completed when made, kept for [`REPLAY_TTL`]).
+struct RawSide<C> {
+    connection: C,
+    raw: Arc<Raw>,
+    /// The completed key, for replays; `None` for first executions.
+    replayed: Option<String>,
+}
+
+impl<C> RawSide<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    let (connection, raw) = (connection.clone(), Arc::clone(raw));
-    let (prefix, replayed) = (common::fresh_prefix(), replayed.to_owned());
-    common::drive_fn(rt, tasks, n, move |i| {
-        let (mut connection, raw) = (connection.clone(), Arc::clone(&raw));
-        let key = match request {
-            Request::First => Raw::key(&prefix, i),
-            Request::Replay => replayed.clone(),
-        };
-        async move {
-            match request {
-                Request::First => {
+    fn new(rt: &Runtime, connection: &C, raw: &Arc<Raw>, request: Request) -> Self {
+        let replayed = (request == Request::Replay).then(|| {
+            let key = Raw::key(&common::fresh_prefix(), 0);
+            let (mut connection, raw, k) = (connection.clone(), Arc::clone(raw), key.clone());
+            common::on_runtime(rt, async move {
+                raw.first(&mut connection, &k, REPLAY_TTL, REPLAY_TTL * 2)
+                    .await;
+            });
+            key
+        });
+        Self {
+            connection: connection.clone(),
+            raw: Arc::clone(raw),
+            replayed,
+        }
+    }
+
+    /// `n` requests from `tasks` tasks (first executions under a prefix of their own); the
+    /// wall time.
+    fn run(&self, rt: &Runtime, tasks: u64, n: u64) -> Duration {
+        let (connection, raw) = (self.connection.clone(), Arc::clone(&self.raw));
+        let (prefix, replayed) = (common::fresh_prefix(), self.replayed.clone());
+        common::drive_fn(rt, tasks, n, move |i| {
+            let (mut connection, raw) = (connection.clone(), Arc::clone(&raw));
+            let (replay, key) = match &replayed {
+                Some(key) => (true, key.clone()),
+                None => (false, Raw::key(&prefix, i)),
+            };
+            async move {
+                if replay {
+                    raw.replay(&mut connection, &key).await;
+                } else {
                     let (ttl, key_ttl) = (common::REDIS_TTL, common::REDIS_KEY_TTL);
                     raw.first(&mut connection, &key, ttl, key_ttl).await;
                 }
-                Request::Replay => raw.replay(&mut connection, &key).await,
             }
-        }
-    })
+        })
+    }
 }
 
-/// Completes a raw key of its own for raw's replays (kept for [`REPLAY_TTL`]); the key.
-fn raw_completed(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> String {
-    let key = Raw::key(&common::fresh_prefix(), 0);
-    let (mut connection, raw, k) = (connection.clone(), Arc::clone(raw), key.clone());
-    common::on_runtime(rt, async move {
-        raw.first(&mut connection, &k, REPLAY_TTL, REPLAY_TTL * 2)
-            .await;
-    });
-    key
-}
-
-/// Round trips and commands per first execution and per replay, through the layer and raw.
+/// What a first execution and a replay send, through the layer and raw.
 struct Counts {
-    layered: [(f64, f64); 2],
-    raw: [(f64, f64); 2],
+    layered: [Sent; 2],
+    raw: [Sent; 2],
 }
 
-/// Counts what the layer and raw send (after one request of each kind, which loads the
-/// scripts and asks the server which `complete` it takes), and checks that they agree.
+/// Counts what the layer (over the stores the rows time) and raw send, after one request of
+/// each kind (which loads the scripts and asks the server which `complete` it takes), and
+/// checks that they send the same round trips, of commands of the same shapes.
 fn counts(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> Counts {
     const N: u64 = 200;
     let counting = Counting::new(connection);
-    let store = RedisStore::new(counting.clone(), common::REDIS_TTL)
-        .with_key_ttl(common::REDIS_KEY_TTL)
-        .with_prefix(format!("bench:{}:", common::fresh_prefix()));
-    let (router, _) = common::layered(store, 1);
-    let first = Layered::new(rt, router.clone(), Request::First);
-    first.run(rt, 1, 1);
-    counting.take(1);
-    first.run(rt, 1, N);
-    let layered_first = counting.take(N);
-    let replay = Layered::new(rt, router, Request::Replay);
-    counting.take(1);
-    replay.run(rt, 1, N);
-    let layered_replay = counting.take(N);
-
-    raw_batch(rt, &counting, raw, Request::First, "", 1, 1);
-    let replayed = raw_completed(rt, connection, raw);
-    counting.take(1);
-    raw_batch(rt, &counting, raw, Request::First, "", 1, N);
-    let raw_first = counting.take(N);
-    raw_batch(rt, &counting, raw, Request::Replay, &replayed, 1, N);
-    let raw_replay = counting.take(N);
-
+    let sends = |run: &dyn Fn(u64) -> Duration| {
+        run(1);
+        counting.take(1);
+        run(N);
+        counting.take(N)
+    };
+    let layered_sends = |request| {
+        let layered = Layered::new(rt, router(&counting, true, request), request);
+        sends(&|n| layered.run(rt, 1, n))
+    };
+    let raw_sends = |request| {
+        let raw_side = RawSide::new(rt, &counting, raw, request);
+        sends(&|n| raw_side.run(rt, 1, n))
+    };
     let counts = Counts {
-        layered: [layered_first, layered_replay],
-        raw: [raw_first, raw_replay],
+        layered: [
+            layered_sends(Request::First),
+            layered_sends(Request::Replay),
+        ],
+        raw: [raw_sends(Request::First), raw_sends(Request::Replay)],
     };
     assert_eq!(counts.layered, counts.raw, "raw sends what the layer sends");
     assert_eq!(
-        counts.layered[0].0, 2.0,
+        counts.layered[0].round_trips(),
+        2.0,
         "two round trips per first execution"
     );
-    assert_eq!(counts.layered[1].0, 1.0, "one round trip per replay");
+    assert_eq!(
+        counts.layered[1].round_trips(),
+        1.0,
+        "one round trip per replay"
+    );
     counts
 }
 
@@ -338,10 +395,7 @@ const REPLAY_TTL: Duration = Duration::from_secs(600);
 
 /// A store under a prefix of its own on `connection`: [`common::redis_store`] for first
 /// executions, with records kept for [`REPLAY_TTL`] for replays.
-fn store(
-    connection: &MultiplexedConnection,
-    request: Request,
-) -> RedisStore<MultiplexedConnection> {
+fn store<C: Clone>(connection: &C, request: Request) -> RedisStore<C> {
     match request {
         Request::First => common::redis_store(connection),
         Request::Replay => RedisStore::new(connection.clone(), REPLAY_TTL)
@@ -350,10 +404,14 @@ fn store(
     }
 }
 
-/// The layered router for `request`s over a fresh store on `connection`, coalescing or not.
-fn router(connection: &MultiplexedConnection, coalesce: bool, request: Request) -> axum::Router {
+/// The layered router for `request`s over a fresh store on `connection`, coalescing or not,
+/// and its handler's executions.
+fn router<C>(connection: &C, coalesce: bool, request: Request) -> (axum::Router, Executions)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
     let layer = IdempotencyLayer::new(store(connection, request)).coalesce(coalesce);
-    common::layered_with(layer, 1).0
+    common::layered_with(layer, 1)
 }
 
 fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) {
@@ -366,20 +424,20 @@ fn bench(c: &mut Criterion, rt: &Runtime, connection: &MultiplexedConnection, ra
                 b.iter_custom(|iters| layered.run(rt, tasks, iters));
             });
             group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
-                let replayed = raw_completed(rt, connection, raw);
-                b.iter_custom(|iters| {
-                    raw_batch(rt, connection, raw, request, &replayed, tasks, iters)
-                });
+                let raw_side = RawSide::new(rt, connection, raw, request);
+                b.iter_custom(|iters| raw_side.run(rt, tasks, iters));
             });
             group.bench_with_input(BenchmarkId::new("store", tasks), &tasks, |b, &tasks| {
                 let store = Arc::new(store(connection, request));
-                remote::store_completed(rt, &store);
+                if request == Request::Replay {
+                    remote::store_completed(rt, &store);
+                }
                 b.iter_custom(|iters| remote::store_batch(rt, &store, request, tasks, iters));
             });
             match request {
                 Request::First => {
                     group.bench_with_input(BenchmarkId::new("bare", tasks), &tasks, |b, &tasks| {
-                        b.iter_custom(|iters| remote::bare(rt, tasks, iters));
+                        b.iter_custom(|iters| remote::bare(rt, Request::First, tasks, iters));
                     });
                 }
                 Request::Replay => {
@@ -434,17 +492,13 @@ fn ratios(
     let mut ratios = Vec::new();
     for request in [Request::First, Request::Replay] {
         let group = request.group("redis");
-        let what = match request {
-            Request::First => "first execution",
-            Request::Replay => "replay",
-        };
         for tasks in CONCURRENCY {
-            let s = if tasks == 1 { "" } else { "s" };
+            let label = request.label("Redis", tasks);
             let layered = Layered::new(rt, router(connection, true, request), request);
             let id = format!("{group}/layered/{tasks}");
-            let replayed = raw_completed(rt, connection, raw);
+            let raw_side = RawSide::new(rt, connection, raw, request);
             let against_raw = remote::paired_with_raw(rt, &id, since, &layered, tasks, |n| {
-                raw_batch(rt, connection, raw, request, &replayed, tasks, n)
+                raw_side.run(rt, tasks, n)
             });
             let (raw_target, bare_target) = match (request, tasks) {
                 (_, 1) => (Target::None, Target::None),
@@ -453,7 +507,7 @@ fn ratios(
             };
             ratios.push(
                 Ratio::throughput(
-                    format!("{what}, Redis, {tasks} task{s} (throughput vs raw)"),
+                    format!("{label} (throughput vs raw)"),
                     &id,
                     &format!("{group}/raw/{tasks}"),
                     raw_target,
@@ -468,7 +522,7 @@ fn ratios(
             ));
             ratios.push(
                 Ratio::time(
-                    format!("{what}, Redis, {tasks} task{s}: time vs the bare handler"),
+                    format!("{label}: time vs the bare handler"),
                     &id,
                     &format!("redis_first/bare/{tasks}"),
                     bare_target,
@@ -579,12 +633,9 @@ fn profile(rt: &Runtime, connection: &MultiplexedConnection, raw: &Arc<Raw>) -> 
         "layered_first" => layered(true, Request::First).run(rt, tasks, n),
         "layered_replay" => layered(true, Request::Replay).run(rt, tasks, n),
         "no_coalescing_replay" => layered(false, Request::Replay).run(rt, tasks, n),
-        "raw_first" => raw_batch(rt, connection, raw, Request::First, "", tasks, n),
-        "raw_replay" => {
-            let replayed = raw_completed(rt, connection, raw);
-            raw_batch(rt, connection, raw, Request::Replay, &replayed, tasks, n)
-        }
-        "bare" => remote::bare(rt, tasks, n),
+        "raw_first" => RawSide::new(rt, connection, raw, Request::First).run(rt, tasks, n),
+        "raw_replay" => RawSide::new(rt, connection, raw, Request::Replay).run(rt, tasks, n),
+        "bare" => remote::bare(rt, Request::First, tasks, n),
         other => panic!(
             "PROFILE_LOAD must be one of layered_first, layered_replay, no_coalescing_replay, \
              raw_first, raw_replay, bare; not {other:?}"
@@ -628,7 +679,9 @@ fn main() {
     if common::benchmarking() {
         let met = |n: f64, want: f64| if n == want { "yes" } else { "**no**" };
         let row = |name: &str, i: usize, want: f64| {
-            let ((trips, commands), (raw_trips, raw_commands)) = (counts.layered[i], counts.raw[i]);
+            let (layered, raw) = (&counts.layered[i], &counts.raw[i]);
+            let (trips, commands) = (layered.round_trips(), layered.commands());
+            let (raw_trips, raw_commands) = (raw.round_trips(), raw.commands());
             format!(
                 "| {name} | {trips:.2} | {commands:.2} | {raw_trips:.2} | {raw_commands:.2} | {want} | {} |\n",
                 met(trips, want)

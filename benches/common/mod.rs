@@ -456,9 +456,7 @@ pub(crate) const REDIS_KEY_TTL: Duration = Duration::from_secs(60);
 
 /// A Redis store under a key prefix of its own, so that the benchmarks never meet other keys.
 #[cfg(feature = "redis")]
-pub(crate) fn redis_store(
-    connection: &redis::aio::MultiplexedConnection,
-) -> tower_idempotency::store::RedisStore<redis::aio::MultiplexedConnection> {
+pub(crate) fn redis_store<C: Clone>(connection: &C) -> tower_idempotency::store::RedisStore<C> {
     tower_idempotency::store::RedisStore::new(connection.clone(), REDIS_TTL)
         .with_key_ttl(REDIS_KEY_TTL)
         .with_prefix(format!("bench:{}:", fresh_prefix()))

@@ -15,7 +15,7 @@ use tower_idempotency::fingerprint::Fingerprint;
 use tower_idempotency::record::{Record, StoredResponse};
 use tower_idempotency::store::{Begin, OwnerToken, Store, StoreKey};
 
-use super::{Key, Kind, Load, Paired};
+use super::{Executions, Key, Kind, Load, Paired};
 
 /// The key every replay row asks for (client key, no scope).
 pub(crate) const REPLAYED: &str = "replayed";
@@ -35,6 +35,25 @@ impl Request {
         match self {
             Self::First => format!("{store}_first"),
             Self::Replay => format!("{store}_replay"),
+        }
+    }
+
+    /// The start of a row's label: `first execution, <store>, 8 tasks`.
+    pub(crate) fn label(self, store: &str, tasks: u64) -> String {
+        let what = match self {
+            Self::First => "first execution",
+            Self::Replay => "replay",
+        };
+        let s = if tasks == 1 { "" } else { "s" };
+        format!("{what}, {store}, {tasks} task{s}")
+    }
+
+    /// The `Idempotency-Key` of this request's load: a fresh one per request (`{prefix}-{n}`),
+    /// or [`REPLAYED`].
+    fn key(self) -> Key {
+        match self {
+            Self::First => Key::Fresh(super::fresh_prefix()),
+            Self::Replay => Key::Fixed(HeaderValue::from_static(REPLAYED)),
         }
     }
 }
@@ -101,46 +120,58 @@ pub(crate) fn store_completed<S: Store + Send + Sync + 'static>(rt: &Runtime, st
 
 /// The layered side of a row: a router behind the layer, sending first executions under fresh
 /// keys for every batch, or replays of [`REPLAYED`] (completed through the router when made).
+/// After every batch it checks that the handler ran once per first execution and never for a
+/// replay.
 #[derive(Clone)]
 pub(crate) struct Layered {
     load: Load,
     request: Request,
+    executions: Executions,
 }
 
 impl Layered {
-    /// `router` (layered over a remote store) sending `request`s.
-    pub(crate) fn new(rt: &Runtime, router: Router, request: Request) -> Self {
-        let load = match request {
-            Request::First => Load::post(router, Key::Fresh(super::fresh_prefix())),
-            Request::Replay => {
-                let load = Load::post(router, Key::Fixed(HeaderValue::from_static(REPLAYED)));
-                super::drive(rt, &load, 1, 1);
-                load
-            }
-        };
-        Self { load, request }
+    /// `router` (layered over a remote store, counting its handler's `executions`, as
+    /// [`super::layered`] makes it) sending `request`s.
+    pub(crate) fn new(
+        rt: &Runtime,
+        (router, executions): (Router, Executions),
+        request: Request,
+    ) -> Self {
+        let load = Load::post(router, request.key());
+        if request == Request::Replay {
+            super::drive(rt, &load, 1, 1);
+        }
+        Self {
+            load,
+            request,
+            executions,
+        }
     }
 
     /// `n` requests from `tasks` tasks (fresh keys for each batch of first executions); the
     /// wall time.
     pub(crate) fn run(&self, rt: &Runtime, tasks: u64, n: u64) -> Duration {
-        match self.request {
-            Request::First => super::drive(rt, &self.load.fresh(), tasks, n),
-            Request::Replay => super::drive(rt, &self.load, tasks, n),
-        }
+        let before = self.executions.total();
+        let (took, ran) = match self.request {
+            Request::First => (super::drive(rt, &self.load.fresh(), tasks, n), n),
+            Request::Replay => (super::drive(rt, &self.load, tasks, n), 0),
+        };
+        assert_eq!(
+            self.executions.total() - before,
+            ran,
+            "{:?}: handler executions in a batch of {n}",
+            self.request
+        );
+        took
     }
 }
 
-/// The bare handler: the same router and requests with no layer and no store (the key header
-/// is ignored), the baseline of the "against the bare handler" rows.
-pub(crate) fn bare(rt: &Runtime, tasks: u64, n: u64) -> Duration {
+/// The bare handler: the same router and requests of `request` (with the same key header,
+/// which it ignores) with no layer and no store, the baseline of the "against the bare handler"
+/// rows.
+pub(crate) fn bare(rt: &Runtime, request: Request, tasks: u64, n: u64) -> Duration {
     let (router, _) = super::baseline(1);
-    super::drive(
-        rt,
-        &Load::post(router, Key::Fresh(super::fresh_prefix())),
-        tasks,
-        n,
-    )
+    super::drive(rt, &Load::post(router, request.key()), tasks, n)
 }
 
 /// `layered` against `raw`, in pairs, as throughputs (layered / raw), at `tasks` tasks; `id` is
@@ -158,7 +189,8 @@ pub(crate) fn paired_with_raw(
     })
 }
 
-/// `layered` against the bare handler, in pairs, as times (layered / bare), at `tasks` tasks.
+/// `layered` against the bare handler sending the same requests, in pairs, as times (layered /
+/// bare), at `tasks` tasks.
 pub(crate) fn paired_with_bare(
     rt: &Runtime,
     id: &str,
@@ -170,7 +202,7 @@ pub(crate) fn paired_with_bare(
         id,
         since,
         Kind::Time,
-        |n| bare(rt, tasks, n),
+        |n| bare(rt, layered.request, tasks, n),
         |n| layered.run(rt, tasks, n),
     )
 }
